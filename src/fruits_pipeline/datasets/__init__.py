@@ -1,0 +1,6 @@
+"""Project-specific Kedro datasets."""
+
+from fruits_pipeline.datasets.image_folder_dataset import ImageFolderDataset, MissingImagesError
+from fruits_pipeline.datasets.spark_ml_model_dataset import SparkMLModelDataset
+
+__all__ = ["ImageFolderDataset", "MissingImagesError", "SparkMLModelDataset"]

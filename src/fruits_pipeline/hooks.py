@@ -1,0 +1,93 @@
+"""Project hooks: checks a run's inputs, then builds the SparkSession, when a pipeline starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.io import CatalogProtocol
+from kedro.pipeline import Pipeline
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
+from fruits_pipeline.mobilenet_v2 import load_feature_extractor, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+FEATURIZATION_PARAMS = "params:featurization"
+
+
+class MissingInputError(RuntimeError):
+    """A partial run needs a dataset that an earlier pipeline has not written yet."""
+
+
+def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
+    """Builds (or returns the running) SparkSession with the settings of ``spark.yml``."""
+    # Spark's Python workers must run the interpreter that runs Kedro (same packages), not
+    # whatever `python3` is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark_conf = SparkConf().setAll([(key, str(value)) for key, value in spark_config.items()])
+    spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+    """Fails before any Spark work when the images or the model weights cannot be had."""
+    for name in sorted(pipeline.inputs()):
+        if name.startswith("params:") or name == "parameters":
+            continue
+        dataset = catalog.get(name)
+        if isinstance(dataset, ImageFolderDataset) and not dataset.exists():
+            raise MissingImagesError(dataset.missing_images_message())
+    if FEATURIZATION_PARAMS in pipeline.inputs():
+        weights_source = catalog.load(FEATURIZATION_PARAMS)["weights"]
+        # Also loads them into the architecture on the driver, so that a corrupt file or one for
+        # another model fails here; the featurization node reuses this cached model.
+        load_feature_extractor(resolve_weights(weights_source))
+
+
+def check_intermediate_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+    """Says which earlier pipeline to run when a partial run's input has not been written."""
+    for name in sorted(pipeline.inputs()):
+        if name.startswith("params:") or name == "parameters":
+            continue
+        if isinstance(catalog.get(name), ImageFolderDataset):
+            continue
+        if not catalog.exists(name):
+            raise MissingInputError(
+                f"Input dataset {name!r} of this run has not been written yet "
+                f"({catalog.get(name)}). Run the pipeline that produces it first "
+                "(`kedro run --pipeline ingestion`, then `featurization`), or run everything "
+                "with `kedro run`."
+            )
+
+
+class SparkHooks:
+    """Builds the SparkSession lazily: only when a pipeline run starts, so that commands that need
+    no Spark (``kedro viz``, ``kedro catalog``, ``kedro registry``) start none."""
+
+    def __init__(self) -> None:
+        self._spark_config: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._spark_config = dict(context.config_loader["spark"])
+
+    @hook_impl
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
+    ) -> None:
+        check_pipeline_inputs(pipeline, catalog)
+        spark = create_spark_session(self._spark_config)
+        logger.info(
+            "SparkSession ready: master %s, Spark %s, UI %s",
+            spark.sparkContext.master,
+            spark.version,
+            spark.sparkContext.uiWebUrl,
+        )
+        check_intermediate_inputs(pipeline, catalog)

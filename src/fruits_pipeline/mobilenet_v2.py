@@ -1,0 +1,221 @@
+"""Everything specific to the MobileNetV2 feature extractor: weights, architecture, preprocessing.
+
+The Spark plumbing that applies it lives in ``pipelines/featurization``; this module knows nothing
+of Spark, so the same functions serve the pipeline, the tests and the benchmark's plain-Keras
+reference.
+
+The extractor is Keras' ``MobileNetV2`` (alpha 1.0) at 224x224, without its classification top and
+with global average pooling: 1280 floats an image.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import keras
+
+# Keep TensorFlow's C++ start-up chatter out of the pipeline's logs (it is set before TF loads).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+INPUT_SIZE = 224
+FEATURE_DIM = 1280
+IMAGENET = "imagenet"
+
+# The file and address Keras itself uses for MobileNetV2(alpha=1.0, 224, include_top=False):
+# asking keras.utils.get_file for it goes through Keras' cache ($KERAS_HOME/models/) exactly as
+# MobileNetV2(weights="imagenet") does.
+IMAGENET_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+IMAGENET_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+    + IMAGENET_WEIGHTS_FILE
+)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The MobileNetV2 weights named by ``featurization.weights`` cannot be had or used."""
+
+
+class ImageDecodeError(ValueError):
+    """An image's bytes cannot be turned into a 224x224 RGB array."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A local copy of the weights and where it came from."""
+
+    source: str
+    local_path: str
+    sha256: str
+
+
+def _how_to_provide(source: str, reason: str) -> str:
+    return (
+        f"MobileNetV2 weights could not be had from featurization.weights={source!r}: {reason}\n"
+        "Provide them in one of two ways:\n"
+        f"  1. keep featurization.weights=imagenet and put Keras' official file "
+        f"{IMAGENET_WEIGHTS_FILE} in $KERAS_HOME/models/ (default ~/.keras/models/), "
+        f"downloaded once from {IMAGENET_WEIGHTS_URL};\n"
+        "  2. point at a Keras weights file for MobileNetV2 1.0 without top (.weights.h5, or the "
+        "legacy .h5 layout), local or remote: "
+        "kedro run --params featurization.weights=/path/to/mobilenet_v2.weights.h5"
+    )
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _local_copy(uri: str) -> str:
+    """Returns a local path for a weights URI, copying remote files once into Keras' cache.
+
+    The copy keeps the file's name, because Keras picks the weights format from the suffix.
+    """
+    import fsspec  # noqa: PLC0415
+    import keras  # noqa: PLC0415
+
+    filesystem, path = fsspec.core.url_to_fs(uri)
+    if "file" in filesystem.protocol:
+        return path
+    cache_dir = Path(keras.config.keras_home()) / "models" / "fruits_pipeline"
+    local = cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(path).name
+    if not local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(local.name + ".partial")
+        filesystem.get(path, str(partial))
+        partial.rename(local)
+    return str(local)
+
+
+def resolve_weights(source: str) -> WeightsFile:
+    """Finds the weights named by ``source`` (``imagenet``, a path or a URI) as a local file.
+
+    Raises:
+        WeightsUnavailableError: with a message saying what is missing and how to provide it.
+    """
+    if not source:
+        raise WeightsUnavailableError(_how_to_provide(str(source), "the setting is empty."))
+    try:
+        if source == IMAGENET:
+            import keras  # noqa: PLC0415
+
+            local_path = keras.utils.get_file(
+                IMAGENET_WEIGHTS_FILE, IMAGENET_WEIGHTS_URL, cache_subdir="models"
+            )
+        else:
+            local_path = _local_copy(source)
+    except Exception as error:  # noqa: BLE001 - any download or file-system failure means "no weights"
+        raise WeightsUnavailableError(
+            _how_to_provide(source, f"{type(error).__name__}: {error}")
+        ) from error
+    if not os.path.isfile(local_path):
+        raise WeightsUnavailableError(_how_to_provide(source, f"no file at {local_path}."))
+    return WeightsFile(source=source, local_path=local_path, sha256=_sha256(local_path))
+
+
+def build_architecture() -> keras.Model:
+    """MobileNetV2 1.0, 224x224x3 input, no top, global average pooling, no weights loaded."""
+    from keras.applications import MobileNetV2  # noqa: PLC0415
+
+    return MobileNetV2(
+        input_shape=(INPUT_SIZE, INPUT_SIZE, 3), include_top=False, weights=None, pooling="avg"
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def load_feature_extractor(weights: WeightsFile) -> keras.Model:
+    """Builds the architecture and loads the weights file into it (cached per weights file).
+
+    Raises:
+        WeightsUnavailableError: the file is corrupt or holds another architecture's weights.
+    """
+    model = build_architecture()
+    try:
+        model.load_weights(weights.local_path)
+    except Exception as error:  # noqa: BLE001 - h5py, Keras and shape errors all mean "unusable file"
+        raise WeightsUnavailableError(
+            _how_to_provide(
+                weights.source,
+                f"{weights.local_path} is not a MobileNetV2 1.0 (no top) weights file "
+                f"({type(error).__name__}: {error}).",
+            )
+        ) from error
+    return model
+
+
+def decode_image(content: bytes, max_pixels: int) -> np.ndarray:
+    """Decodes image bytes (any format and mode Pillow reads) into a 224x224x3 uint8 RGB array.
+
+    EXIF orientation is applied, then the image is converted to RGB and resized with bilinear
+    interpolation. Files larger than ``max_pixels`` are refused before their pixels are decoded.
+
+    Raises:
+        ImageDecodeError: the bytes are not an image Pillow can decode, or exceed the pixel guard.
+    """
+    if not content:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{width}x{height} = {width * height} pixels exceeds the decompression-bomb "
+                    f"guard featurization.max_image_pixels={max_pixels}"
+                )
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(image)
+            resized = rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
+            return np.asarray(resized, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for undecodable bytes
+        raise ImageDecodeError(f"cannot decode image: {type(error).__name__}: {error}") from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    # 16-bit and float grayscale ("I;16", "I", "F") do not convert to RGB directly in Pillow:
+    # scale them to 8 bits first.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparency onto white, the Fruits-360 background.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """Scales a batch of uint8 RGB images (N, 224, 224, 3) as MobileNetV2 expects ([-1, 1])."""
+    from keras.applications.mobilenet_v2 import preprocess_input  # noqa: PLC0415
+
+    return preprocess_input(images.astype(np.float32))
+
+
+def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Limits TensorFlow's thread pools; a no-op once TensorFlow has started executing."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        # Already initialised in this process (e.g. the driver in local mode): keep its pools.
+        pass

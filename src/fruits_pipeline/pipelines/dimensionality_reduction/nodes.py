@@ -1,0 +1,191 @@
+"""Nodes of the ``dimensionality_reduction`` pipeline: standardization and MLlib PCA."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from pyspark import StorageLevel
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.feature import PCA, StandardScaler
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from fruits_pipeline.run_info import library_versions
+
+logger = logging.getLogger(__name__)
+
+FEATURES_VECTOR = "features_vector"
+SCALED = "scaled_features"
+PCA_FEATURES = "pca_features"
+
+# Cumulative sums of float64 ratios land a few ulps off exact thresholds (0.7 + 0.2 < 0.9):
+# a component reaching the threshold within this tolerance counts as reaching it.
+THRESHOLD_TOLERANCE = 1e-12
+
+
+class AccountingError(RuntimeError):
+    """The images written do not add up to the images read."""
+
+
+def choose_k(explained_variance_ratio: np.ndarray, threshold: float) -> int:
+    """The fewest leading components whose cumulative explained variance reaches ``threshold``.
+
+    ``k`` is the first index where the cumulative sum is at least the threshold, plus one; never 0,
+    never more than the number of components.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(
+            f"dimensionality_reduction.variance_threshold must be in (0, 1], got {threshold}."
+        )
+    ratios = np.asarray(explained_variance_ratio, dtype=np.float64)
+    if ratios.size == 0:
+        raise ValueError("No explained-variance ratios: the PCA has no components.")
+    cumulative = np.cumsum(ratios)
+    reached = np.flatnonzero(cumulative >= threshold - THRESHOLD_TOLERANCE)
+    # A threshold of 1.0 may stay a few ulps out of reach of the float sum: keep every component.
+    return int(reached[0]) + 1 if reached.size else int(ratios.size)
+
+
+def _feature_vectors(image_features: DataFrame) -> DataFrame:
+    return image_features.withColumn(FEATURES_VECTOR, array_to_vector("features"))
+
+
+def _scaler_and_pca(k: int) -> Pipeline:
+    return Pipeline(
+        stages=[
+            StandardScaler(inputCol=FEATURES_VECTOR, outputCol=SCALED, withMean=True, withStd=True),
+            PCA(k=k, inputCol=SCALED, outputCol=PCA_FEATURES),
+        ]
+    )
+
+
+def select_components(
+    image_features: DataFrame, dimensionality_reduction: dict[str, Any]
+) -> dict[str, Any]:
+    """Fits the full spectrum (k = feature dimension) once and chooses k from its explained
+    variance."""
+    threshold = float(dimensionality_reduction["variance_threshold"])
+    vectors = _feature_vectors(image_features).select(FEATURES_VECTOR)
+    # The scaler and the PCA each pass over the features: read the parquet once.
+    vectors.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        images = vectors.count()
+        if images < 2:
+            raise ValueError(
+                f"PCA needs at least 2 featurized images, got {images}: check raw_images_path "
+                "and the quarantine (image_quarantine)."
+            )
+        dimension = len(vectors.first()[FEATURES_VECTOR])
+        full = _scaler_and_pca(dimension).fit(vectors)
+    finally:
+        vectors.unpersist()
+    ratios = full.stages[-1].explainedVariance.toArray()
+    k = choose_k(ratios, threshold)
+    cumulative = np.cumsum(ratios)
+    logger.info(
+        "PCA: %d of %d components explain %.4f of the variance (threshold %.2f), %d images",
+        k,
+        dimension,
+        cumulative[k - 1],
+        threshold,
+        images,
+    )
+    return {
+        "images": images,
+        "feature_dim": dimension,
+        "variance_threshold": threshold,
+        "k": k,
+        "variance_explained": float(cumulative[k - 1]),
+        "explained_variance_ratio": [float(ratio) for ratio in ratios],
+    }
+
+
+def fit_pca(image_features: DataFrame, pca_selection: dict[str, Any]) -> PipelineModel:
+    """Standardization + PCA with the chosen k, kept as one Spark ML model for new images."""
+    return _scaler_and_pca(int(pca_selection["k"])).fit(_feature_vectors(image_features))
+
+
+def project_features(image_features: DataFrame, pca_model: PipelineModel) -> DataFrame:
+    """path, label and the k principal components of each image (a Spark ML vector)."""
+    return pca_model.transform(_feature_vectors(image_features)).select(
+        "path", "label", PCA_FEATURES
+    )
+
+
+def pca_columns(pca_features: DataFrame) -> DataFrame:
+    """One column per component (pc_001 ... pc_k), as CSV wants: path, label, pc_001, ..."""
+    k = len(pca_features.first()[PCA_FEATURES])
+    components = vector_to_array(PCA_FEATURES)
+    return pca_features.select(
+        "path",
+        "label",
+        *[components[i].alias(f"pc_{i + 1:03d}") for i in range(k)],
+    )
+
+
+def summarize_run(
+    image_binaries: DataFrame,
+    pca_features: DataFrame,
+    image_quarantine: DataFrame,
+    featurization_info: dict[str, Any],
+    pca_selection: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's metrics; fails when the images written do not add up to the images read."""
+    images_listed = image_binaries.count()
+    per_class = {
+        row["label"]: row["count"]
+        for row in pca_features.groupBy("label").count().orderBy("label").collect()
+    }
+    featurized = sum(per_class.values())
+    quarantined = image_quarantine.count()
+    if images_listed != featurized + quarantined:
+        raise AccountingError(
+            f"{images_listed} images were listed but {featurized} were featurized and "
+            f"{quarantined} quarantined ({images_listed - featurized - quarantined} unaccounted "
+            "for): re-run the featurization and dimensionality_reduction pipelines."
+        )
+    k = int(pca_selection["k"])
+    return {
+        "images_in": images_listed,
+        "images_featurized": featurized,
+        "images_quarantined": quarantined,
+        "images_per_class": per_class,
+        "classes": len(per_class),
+        "feature_dim": pca_selection["feature_dim"],
+        "variance_threshold": pca_selection["variance_threshold"],
+        "k": k,
+        "variance_explained": pca_selection["variance_explained"],
+        "explained_variance_ratio": pca_selection["explained_variance_ratio"][:k],
+        "weights_source": featurization_info["weights_source"],
+        "weights_sha256": featurization_info["weights_sha256"],
+        "featurization_seconds": featurization_info["seconds"],
+        "library_versions": library_versions(),
+    }
+
+
+def plot_explained_variance(pca_selection: dict[str, Any]) -> Figure:
+    """Scree and cumulative explained-variance curves, with the threshold and k marked."""
+    ratios = np.asarray(pca_selection["explained_variance_ratio"])
+    k = int(pca_selection["k"])
+    threshold = float(pca_selection["variance_threshold"])
+    shown = min(ratios.size, max(3 * k, 50))
+    components = np.arange(1, shown + 1)
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.subplots()
+    axes.bar(components, ratios[:shown], color="#9ecae1", label="per component")
+    axes.plot(components, np.cumsum(ratios)[:shown], color="#08519c", label="cumulative")
+    axes.axhline(threshold, color="#e6550d", linestyle="--", label=f"threshold {threshold:.2f}")
+    axes.axvline(k, color="#31a354", linestyle=":", label=f"k = {k}")
+    axes.set_xlabel(f"principal component (first {shown} of {ratios.size})")
+    axes.set_ylabel("explained variance ratio")
+    axes.set_ylim(0, 1.02)
+    axes.set_title(
+        f"PCA of {pca_selection['images']} images: {k} components explain "
+        f"{pca_selection['variance_explained']:.1%} of the variance"
+    )
+    axes.legend(loc="center right")
+    return figure

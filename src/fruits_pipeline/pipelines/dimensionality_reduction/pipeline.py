@@ -1,0 +1,62 @@
+"""Wiring of the ``dimensionality_reduction`` pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
+    fit_pca,
+    pca_columns,
+    plot_explained_variance,
+    project_features,
+    select_components,
+    summarize_run,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                func=select_components,
+                inputs=["image_features", "params:dimensionality_reduction"],
+                outputs="pca_selection",
+                name="select_components",
+            ),
+            Node(
+                func=fit_pca,
+                inputs=["image_features", "pca_selection"],
+                outputs="pca_model",
+                name="fit_pca",
+            ),
+            Node(
+                func=project_features,
+                inputs=["image_features", "pca_model"],
+                outputs="pca_features",
+                name="project_features",
+            ),
+            Node(
+                func=pca_columns,
+                inputs="pca_features",
+                outputs="pca_features_csv",
+                name="write_pca_csv",
+            ),
+            Node(
+                func=summarize_run,
+                inputs=[
+                    "image_binaries",
+                    "pca_features",
+                    "image_quarantine",
+                    "featurization_info",
+                    "pca_selection",
+                ],
+                outputs="pipeline_metrics",
+                name="summarize_run",
+            ),
+            Node(
+                func=plot_explained_variance,
+                inputs="pca_selection",
+                outputs="explained_variance_plot",
+                name="plot_explained_variance",
+            ),
+        ],
+        tags=["dimensionality_reduction"],
+    )

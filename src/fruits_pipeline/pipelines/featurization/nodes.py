@@ -1,0 +1,165 @@
+"""Nodes of the ``featurization`` pipeline: the Spark plumbing around the MobileNetV2 extractor.
+
+The model is built once on the driver and its weights broadcast once. Each Python worker builds
+the architecture with no weights, sets the broadcast ones, and keeps the model in a module-level
+cache, so that it is reused by every task and batch the (reused) worker runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark import Broadcast, StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+
+from fruits_pipeline import mobilenet_v2
+
+logger = logging.getLogger(__name__)
+
+FEATURIZATION_RESULT = StructType(
+    [
+        StructField("features", ArrayType(FloatType(), containsNull=False), nullable=True),
+        StructField("reason", StringType(), nullable=True),
+        StructField("error_class", StringType(), nullable=True),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a Python worker needs besides the weights."""
+
+    weights_sha256: str
+    inference_batch_size: int
+    max_image_pixels: int
+    intra_op_threads: int
+    inter_op_threads: int
+
+
+# Per Python worker process: weights sha256 -> model holding those weights.
+_WORKER_MODELS: dict[int, Any] = {}
+
+
+def _worker_model(weights: Broadcast, settings: WorkerSettings):
+    model = _WORKER_MODELS.get(settings.weights_sha256)
+    if model is None:
+        mobilenet_v2.set_tensorflow_threads(settings.intra_op_threads, settings.inter_op_threads)
+        model = mobilenet_v2.build_architecture()
+        model.set_weights(weights.value)
+        _WORKER_MODELS.clear()  # other weights replace the previous model, not add to it
+        _WORKER_MODELS[settings.weights_sha256] = model
+    return model
+
+
+def featurize_batch(model, contents: pd.Series, settings: WorkerSettings) -> pd.DataFrame:
+    """Features for a batch of image bytes; undecodable images get a reason instead."""
+    features: list[np.ndarray | None] = [None] * len(contents)
+    reasons: list[str | None] = [None] * len(contents)
+    error_classes: list[str | None] = [None] * len(contents)
+    decoded: list[np.ndarray] = []
+    decoded_rows: list[int] = []
+    for row, content in enumerate(contents):
+        try:
+            decoded.append(mobilenet_v2.decode_image(content, settings.max_image_pixels))
+            decoded_rows.append(row)
+        except mobilenet_v2.ImageDecodeError as error:
+            reasons[row] = str(error)
+            cause = error.__cause__ or error
+            error_classes[row] = type(cause).__name__
+    step = settings.inference_batch_size
+    for start in range(0, len(decoded), step):
+        batch = mobilenet_v2.preprocess(np.stack(decoded[start : start + step]))
+        outputs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        for row, vector in zip(decoded_rows[start : start + step], outputs):
+            features[row] = vector
+    return pd.DataFrame({"features": features, "reason": reasons, "error_class": error_classes})
+
+
+def make_featurizer(weights: Broadcast, settings: WorkerSettings):
+    """A Scalar-Iterator pandas UDF: image bytes -> struct(features, reason, error_class)."""
+
+    @F.pandas_udf(FEATURIZATION_RESULT)
+    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model = _worker_model(weights, settings)
+        for batch in contents:
+            yield featurize_batch(model, batch, settings)
+
+    return featurize
+
+
+def _partitions(images: DataFrame, requested: int | None) -> int:
+    return requested or 2 * images.sparkSession.sparkContext.defaultParallelism
+
+
+def extract_features(
+    image_binaries: DataFrame, featurization: dict[str, Any]
+) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
+    """MobileNetV2 features of every image, and a quarantine row for every image that has none.
+
+    Returns:
+        image_features (path, label, features: 1280 floats), image_quarantine (path, label,
+        reason, error_class), and featurization_info (weights, settings, counts, seconds).
+    """
+    started = time.perf_counter()
+    weights_file = mobilenet_v2.resolve_weights(featurization["weights"])
+    model = mobilenet_v2.load_feature_extractor(weights_file)
+    spark = image_binaries.sparkSession
+    weights = spark.sparkContext.broadcast(model.get_weights())
+    spark.conf.set(
+        "spark.sql.execution.arrow.maxRecordsPerBatch", int(featurization["arrow_batch_size"])
+    )
+    settings = WorkerSettings(
+        weights_sha256=weights_file.sha256,
+        inference_batch_size=int(featurization["inference_batch_size"]),
+        max_image_pixels=int(featurization["max_image_pixels"]),
+        intra_op_threads=int(featurization["intra_op_threads"]),
+        inter_op_threads=int(featurization["inter_op_threads"]),
+    )
+    featurize = make_featurizer(weights, settings)
+    partitions = _partitions(image_binaries, featurization.get("partitions"))
+    results = (
+        image_binaries.repartition(partitions)
+        .select("path", "label", featurize(F.col("content")).alias("result"))
+        .select("path", "label", "result.*")
+        # Both outputs come from this one pass of the model.
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    outcome = F.col("features").isNotNull().alias("featurized")
+    counts = {row["featurized"]: row["count"] for row in results.groupBy(outcome).count().collect()}
+    featurized, quarantined = counts.get(True, 0), counts.get(False, 0)
+    seconds = time.perf_counter() - started
+    logger.info(
+        "Featurized %d images (%d quarantined) in %.1f s: %.1f images/s",
+        featurized,
+        quarantined,
+        seconds,
+        (featurized + quarantined) / seconds if seconds else 0.0,
+    )
+    image_features = results.where(F.col("features").isNotNull()).select(
+        "path", "label", "features"
+    )
+    image_quarantine = results.where(F.col("features").isNull()).select(
+        "path", "label", "reason", "error_class"
+    )
+    info = {
+        "model": "MobileNetV2 1.0, 224x224, no top, global average pooling",
+        "feature_dim": mobilenet_v2.FEATURE_DIM,
+        "weights_source": weights_file.source,
+        "weights_sha256": weights_file.sha256,
+        "images_featurized": featurized,
+        "images_quarantined": quarantined,
+        "partitions": partitions,
+        "inference_batch_size": settings.inference_batch_size,
+        "arrow_batch_size": int(featurization["arrow_batch_size"]),
+        "seconds": round(seconds, 3),
+    }
+    return image_features, image_quarantine, info
+
