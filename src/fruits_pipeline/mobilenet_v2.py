@@ -14,6 +14,7 @@ import functools
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,25 +80,26 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _local_copy(uri: str) -> str:
-    """Returns a local path for a weights URI, copying remote files once into Keras' cache.
+def _keras_cache_dir() -> Path:
+    # Where Keras caches downloads: $KERAS_HOME, else ~/.keras (as keras.utils.get_file does).
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
 
-    The copy keeps the file's name, because Keras picks the weights format from the suffix.
+
+def _local_copy(uri: str) -> str:
+    """Returns a local path for a weights URI; remote files are copied once, under Keras' cache.
+
+    The copy keeps the file's name (fsspec's ``same_names``), because Keras picks the weights
+    format from the suffix.
     """
     import fsspec  # noqa: PLC0415
-    import keras  # noqa: PLC0415
 
     filesystem, path = fsspec.core.url_to_fs(uri)
     if "file" in filesystem.protocol:
         return path
-    cache_dir = Path(keras.config.keras_home()) / "models" / "fruits_pipeline"
-    local = cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(path).name
-    if not local.exists():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(local.name + ".partial")
-        filesystem.get(path, str(partial))
-        partial.rename(local)
-    return str(local)
+    cache = _keras_cache_dir() / "fruits_pipeline" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return fsspec.open_local(
+        f"filecache::{uri}", filecache={"cache_storage": str(cache), "same_names": True}
+    )
 
 
 def resolve_weights(source: str) -> WeightsFile:
@@ -144,7 +146,11 @@ def load_feature_extractor(weights: WeightsFile) -> keras.Model:
     """
     model = build_architecture()
     try:
-        model.load_weights(weights.local_path)
+        with warnings.catch_warnings():
+            # Keras only warns when parts of a file do not match the model and leaves those
+            # layers randomly initialised: for features, that is a wrong file, not a warning.
+            warnings.simplefilter("error", UserWarning)
+            model.load_weights(weights.local_path)
     except Exception as error:  # noqa: BLE001 - h5py, Keras and shape errors all mean "unusable file"
         raise WeightsUnavailableError(
             _how_to_provide(

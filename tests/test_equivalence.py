@@ -1,0 +1,121 @@
+"""The Spark pipeline computes what plain single-process libraries compute on the same data:
+features equal plain Keras, PCA equals scikit-learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fruits_pipeline.datasets import ImageFolderDataset
+from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
+    fit_pca,
+    project_features,
+    select_components,
+)
+from fruits_pipeline.pipelines.featurization.nodes import extract_features
+from fruits_pipeline.pipelines.ingestion.nodes import label_images
+
+FEATURIZATION = {
+    "inference_batch_size": 16,
+    "arrow_batch_size": 32,
+    "partitions": None,
+    "intra_op_threads": 1,
+    "inter_op_threads": 1,
+    "max_image_pixels": 50_000_000,
+}
+
+
+@pytest.fixture(scope="module")
+def spark_features(spark, small_image_set, weights_file):
+    """The pipeline's features of the small image set: the Spark DataFrame and, by local path,
+    the numpy vectors."""
+    image_binaries = label_images(ImageFolderDataset(path=str(small_image_set)).load())
+    image_features, image_quarantine, info = extract_features(
+        image_binaries, {**FEATURIZATION, "weights": str(weights_file)}
+    )
+    assert image_quarantine.count() == 0
+    assert info["images_featurized"] == 13 * 12
+    rows = image_features.collect()
+    by_path = {
+        row["path"].removeprefix("file:"): np.asarray(row["features"], dtype=np.float32)
+        for row in rows
+    }
+    return image_features, by_path
+
+
+def _plain_keras_features(weights_file: Path, image_paths: list[str]) -> np.ndarray:
+    """Features by plain Keras in this process, with no code from the project."""
+    import keras
+    from keras.applications.mobilenet_v2 import preprocess_input
+
+    model = keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), include_top=False, weights=None, pooling="avg"
+    )
+    model.load_weights(str(weights_file))
+    images = []
+    for path in image_paths:
+        with Image.open(path) as image:
+            resized = image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            images.append(np.asarray(resized, dtype=np.float32))
+    batch = preprocess_input(np.stack(images))
+    return np.asarray(model(batch, training=False))
+
+
+def test_spark_udf_features_equal_plain_keras(spark_features, weights_file):
+    _, by_path = spark_features
+    paths = sorted(by_path)
+    expected = _plain_keras_features(weights_file, paths)
+    actual = np.stack([by_path[path] for path in paths])
+    assert actual.shape == (13 * 12, 1280)
+    assert np.abs(actual - expected).max() <= 1e-4
+    # Real features: non-negative (ReLU6 then average pooling) and not all alike.
+    assert actual.min() >= 0.0
+    assert np.linalg.matrix_rank(actual) > 100
+
+
+def test_features_of_a_real_banana_are_those_of_plain_keras(spark_features, weights_file):
+    _, by_path = spark_features
+    banana = next(path for path in sorted(by_path) if "/Banana Red/" in path)
+    expected = _plain_keras_features(weights_file, [banana])[0]
+    np.testing.assert_allclose(by_path[banana], expected, rtol=0, atol=1e-4)
+
+
+def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_features):
+    from sklearn.decomposition import PCA as SklearnPCA
+    from sklearn.preprocessing import StandardScaler as SklearnScaler
+
+    image_features, by_path = spark_features
+    selection = select_components(image_features, {"variance_threshold": 0.9})
+    features = np.stack([by_path[path] for path in sorted(by_path)]).astype(np.float64)
+    # MLlib's StandardScaler divides by the sample standard deviation (n - 1).
+    standardized = SklearnScaler().fit_transform(features) * np.sqrt(
+        (len(features) - 1) / len(features)
+    )
+    reference = SklearnPCA(svd_solver="full").fit(standardized)
+
+    ratios = np.asarray(selection["explained_variance_ratio"])
+    expected_ratios = np.zeros(1280)
+    expected_ratios[: reference.n_components_] = reference.explained_variance_ratio_
+    assert np.abs(ratios - expected_ratios).max() <= 1e-6
+
+    cumulative = np.cumsum(expected_ratios)
+    expected_k = int(np.searchsorted(cumulative, 0.9 - 1e-12)) + 1
+    assert selection["k"] == expected_k
+    assert cumulative[expected_k - 1] >= 0.9 > cumulative[expected_k - 2]
+
+    k = selection["k"]
+    projected = project_features(image_features, fit_pca(image_features, selection)).collect()
+    spark_projection = np.stack(
+        [
+            np.asarray(row["pca_features"])
+            for row in sorted(projected, key=lambda row: row["path"].removeprefix("file:"))
+        ]
+    )
+    expected_projection = reference.transform(standardized)[:, :k]
+    # Each component is defined up to its sign.
+    signs = np.sign(np.sum(spark_projection * expected_projection, axis=0))
+    scale = np.abs(expected_projection).max()
+    assert np.abs(spark_projection * signs - expected_projection).max() <= 1e-6 * scale

@@ -1,0 +1,205 @@
+"""`kedro run` through Kedro's own CLI, on real images, in a throw-away copy of the project.
+
+The CLI runs in this process so that it shares the test session's SparkSession (one JVM for the
+whole suite); the project's hook finds that session instead of starting another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.conftest import IMAGES_PER_CLASS, make_project_copy
+
+CLASSES = 13
+
+
+def kedro(project: Path, *args: str) -> str:
+    """Runs the Kedro CLI in ``project`` and returns its output; fails the test on a non-zero exit."""
+    from kedro.framework.cli.cli import KedroCLI
+
+    cwd = Path.cwd()
+    os.chdir(project)
+    try:
+        result = CliRunner().invoke(KedroCLI(project_path=project), list(args), catch_exceptions=True)
+    finally:
+        os.chdir(cwd)
+    if result.exit_code != 0:
+        raise AssertionError(
+            f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{result.output}"
+        ) from result.exception
+    return result.output
+
+
+def run_params(images: Path, weights: Path) -> str:
+    return f"raw_images_path={images},featurization.weights={weights}"
+
+
+@pytest.fixture(scope="module")
+def finished_run(spark, small_image_set, weights_file, tmp_path_factory) -> Path:
+    """One complete `kedro run` (all three pipelines) on the small image set."""
+    project = make_project_copy(tmp_path_factory.mktemp("project"))
+    kedro(project, "run", "--params", run_params(small_image_set, weights_file))
+    return project
+
+
+def _spark_csv(folder: Path) -> pd.DataFrame:
+    parts = sorted(folder.glob("part-*.csv"))
+    assert parts, f"no CSV part files in {folder}"
+    return pd.concat([pd.read_csv(part) for part in parts], ignore_index=True)
+
+
+def _independent_k(features: np.ndarray, threshold: float) -> tuple[int, float]:
+    """k and the variance it explains, by an exact SVD of the standardized features in numpy."""
+    centered = features - features.mean(axis=0)
+    std = features.std(axis=0, ddof=1)
+    standardized = np.divide(centered, std, out=np.zeros_like(centered), where=std > 0)
+    singular_values = np.linalg.svd(standardized, compute_uv=False)
+    ratios = singular_values**2 / np.sum(singular_values**2)
+    cumulative = np.cumsum(ratios)
+    k = int(np.argmax(cumulative >= threshold - 1e-12)) + 1
+    return k, float(cumulative[k - 1])
+
+
+def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_image_set):
+    pca_features = spark.read.parquet(str(finished_run / "data/07_model_output/pca_features.parquet"))
+    rows = pca_features.collect()
+    assert len(rows) == CLASSES * IMAGES_PER_CLASS
+    paths = [row["path"].removeprefix("file:") for row in rows]
+    assert sorted(paths) == sorted(str(path) for path in small_image_set.rglob("*.jpg"))
+    for row in rows:
+        assert row["label"] == Path(row["path"]).parent.name
+
+
+def test_k_and_variance_equal_an_independent_svd(spark, finished_run):
+    features = spark.read.parquet(str(finished_run / "data/04_feature/image_features.parquet"))
+    matrix = np.stack([np.asarray(row["features"], dtype=np.float64) for row in features.collect()])
+    assert matrix.shape == (CLASSES * IMAGES_PER_CLASS, 1280)
+    expected_k, expected_variance = _independent_k(matrix, 0.9)
+    metrics = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())
+    assert metrics["k"] == expected_k
+    assert metrics["variance_explained"] == pytest.approx(expected_variance, abs=1e-6)
+    pca_features = spark.read.parquet(str(finished_run / "data/07_model_output/pca_features.parquet"))
+    assert {len(row["pca_features"]) for row in pca_features.collect()} == {expected_k}
+
+
+def test_csv_has_path_label_and_one_column_per_component(spark, finished_run):
+    csv = _spark_csv(finished_run / "data/07_model_output/pca_features.csv")
+    k = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())["k"]
+    assert list(csv.columns) == ["path", "label"] + [f"pc_{i:03d}" for i in range(1, k + 1)]
+    assert len(csv) == CLASSES * IMAGES_PER_CLASS
+    parquet = {
+        row["path"]: np.asarray(row["pca_features"])
+        for row in spark.read.parquet(
+            str(finished_run / "data/07_model_output/pca_features.parquet")
+        ).collect()
+    }
+    for _, row in csv.iterrows():
+        np.testing.assert_allclose(row.iloc[2:].to_numpy(dtype=float), parquet[row["path"]], rtol=1e-12)
+
+
+def test_metrics_say_what_a_user_needs_to_trust_the_run(finished_run, weights_file):
+    metrics = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())
+    images = CLASSES * IMAGES_PER_CLASS
+    assert metrics["images_in"] == metrics["images_featurized"] == images
+    assert metrics["images_quarantined"] == 0
+    assert metrics["classes"] == CLASSES
+    assert set(metrics["images_per_class"].values()) == {IMAGES_PER_CLASS}
+    assert "Banana Red" in metrics["images_per_class"]
+    assert metrics["feature_dim"] == 1280
+    assert metrics["variance_threshold"] == 0.9
+    assert len(metrics["explained_variance_ratio"]) == metrics["k"]
+    assert sum(metrics["explained_variance_ratio"]) == pytest.approx(metrics["variance_explained"])
+    assert metrics["weights_source"] == str(weights_file)
+    assert metrics["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    assert metrics["library_versions"]["pyspark"].startswith("3.5.")
+    assert {"kedro", "keras", "numpy", "pandas", "pyarrow"} <= set(metrics["library_versions"])
+
+
+def test_explained_variance_plot_is_a_png(finished_run):
+    with Image.open(finished_run / "data/08_reporting/explained_variance.png") as plot:
+        assert plot.format == "PNG"
+        assert plot.width > 400 and plot.height > 300
+
+
+def test_fitted_model_projects_new_features(spark, finished_run):
+    from fruits_pipeline.datasets import SparkMLModelDataset
+    from fruits_pipeline.pipelines.dimensionality_reduction.nodes import project_features
+
+    model = SparkMLModelDataset(filepath=str(finished_run / "data/06_models/scaler_pca_model")).load()
+    features = spark.read.parquet(str(finished_run / "data/04_feature/image_features.parquet"))
+    saved = spark.read.parquet(str(finished_run / "data/07_model_output/pca_features.parquet"))
+    expected = {row["path"]: row["pca_features"].toArray() for row in saved.collect()}
+    for row in project_features(features.limit(5), model).collect():
+        np.testing.assert_allclose(row["pca_features"].toArray(), expected[row["path"]], atol=1e-9)
+
+
+def _outputs(project: Path) -> dict[str, float]:
+    return {
+        path.relative_to(project).as_posix(): path.stat().st_mtime
+        for path in (project / "data").rglob("*")
+        if path.is_file() and not path.name.startswith((".", "_"))
+    }
+
+
+def _rewritten(before: dict[str, float], after: dict[str, float], dataset: str) -> bool:
+    """Whether any file of ``dataset`` is new or newer (Spark names part files anew each write)."""
+    return any(
+        path not in before or after[path] > before[path] for path in after if dataset in path
+    )
+
+
+def test_each_pipeline_runs_alone_from_the_persisted_output_before_it(
+    finished_run, small_image_set, weights_file
+):
+    params = run_params(small_image_set, weights_file)
+    metrics_file = finished_run / "data/08_reporting/metrics.json"
+    first_metrics = json.loads(metrics_file.read_text())
+
+    output = kedro(finished_run, "run", "--pipelines", "dimensionality_reduction")
+    assert "Completed 6 out of 6 tasks" in output
+    assert json.loads(metrics_file.read_text())["k"] == first_metrics["k"]
+
+    before = _outputs(finished_run)
+    output = kedro(finished_run, "run", "--pipelines", "featurization", "--params", params)
+    assert "Completed 1 out of 1 tasks" in output
+    after = _outputs(finished_run)
+    assert _rewritten(before, after, "image_features")
+    assert not _rewritten(before, after, "pca_features")
+
+    output = kedro(finished_run, "run", "--pipelines", "ingestion", "--params", params)
+    assert "Completed 1 out of 1 tasks" in output
+
+
+def test_from_nodes_reruns_only_the_nodes_downstream(finished_run):
+    before = _outputs(finished_run)
+    output = kedro(finished_run, "run", "--from-nodes", "fit_pca")
+    assert "Completed 4 out of 4 tasks" in output
+    after = _outputs(finished_run)
+    assert _rewritten(before, after, "scaler_pca_model")
+    assert _rewritten(before, after, "pca_features.csv")
+    assert _rewritten(before, after, "metrics.json")
+    assert not _rewritten(before, after, "image_features")
+    assert not _rewritten(before, after, "pca_selection")
+
+
+def test_partial_run_without_its_input_says_which_pipeline_to_run_first(
+    project_copy, weights_file
+):
+    with pytest.raises(AssertionError, match="Input dataset 'image_binaries' of this run has not"):
+        kedro(
+            project_copy,
+            "run",
+            "--pipelines",
+            "featurization",
+            "--params",
+            f"featurization.weights={weights_file}",
+        )
