@@ -32,7 +32,10 @@ FEATURIZATION = {
 def spark_features(spark, small_image_set, weights_file):
     """The pipeline's features of the small image set: the Spark DataFrame and, by local path,
     the numpy vectors."""
-    image_binaries = label_images(ImageFolderDataset(path=str(small_image_set)).load())
+    image_binaries = label_images(
+        ImageFolderDataset(path=str(small_image_set)).load(),
+        {"raw_images_path": str(small_image_set)},
+    )
     image_features, image_quarantine, info = extract_features(
         image_binaries, {**FEATURIZATION, "weights": str(weights_file)}
     )

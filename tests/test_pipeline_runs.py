@@ -51,8 +51,17 @@ def finished_run(spark, small_image_set, weights_file, tmp_path_factory) -> Path
     return project
 
 
+def committed(folder: Path) -> Path:
+    """The version folder a committed Spark output points at."""
+    return folder / (folder / "_COMMITTED").read_text().strip()
+
+
+def _parquet(spark, project: Path, dataset_folder: str):
+    return spark.read.parquet(str(committed(project / "data" / dataset_folder)))
+
+
 def _spark_csv(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("part-*.csv"))
+    parts = sorted(committed(folder).glob("part-*.csv"))
     assert parts, f"no CSV part files in {folder}"
     return pd.concat([pd.read_csv(part) for part in parts], ignore_index=True)
 
@@ -70,7 +79,7 @@ def _independent_k(features: np.ndarray, threshold: float) -> tuple[int, float]:
 
 
 def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_image_set):
-    pca_features = spark.read.parquet(str(finished_run / "data/07_model_output/pca_features.parquet"))
+    pca_features = _parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     rows = pca_features.collect()
     assert len(rows) == CLASSES * IMAGES_PER_CLASS
     paths = [row["path"].removeprefix("file:") for row in rows]
@@ -80,14 +89,14 @@ def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_imag
 
 
 def test_k_and_variance_equal_an_independent_svd(spark, finished_run):
-    features = spark.read.parquet(str(finished_run / "data/04_feature/image_features.parquet"))
+    features = _parquet(spark, finished_run, "04_feature/image_features.parquet")
     matrix = np.stack([np.asarray(row["features"], dtype=np.float64) for row in features.collect()])
     assert matrix.shape == (CLASSES * IMAGES_PER_CLASS, 1280)
     expected_k, expected_variance = _independent_k(matrix, 0.9)
     metrics = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())
     assert metrics["k"] == expected_k
     assert metrics["variance_explained"] == pytest.approx(expected_variance, abs=1e-6)
-    pca_features = spark.read.parquet(str(finished_run / "data/07_model_output/pca_features.parquet"))
+    pca_features = _parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     assert {len(row["pca_features"]) for row in pca_features.collect()} == {expected_k}
 
 
@@ -98,9 +107,7 @@ def test_csv_has_path_label_and_one_column_per_component(spark, finished_run):
     assert len(csv) == CLASSES * IMAGES_PER_CLASS
     parquet = {
         row["path"]: np.asarray(row["pca_features"])
-        for row in spark.read.parquet(
-            str(finished_run / "data/07_model_output/pca_features.parquet")
-        ).collect()
+        for row in _parquet(spark, finished_run, "07_model_output/pca_features.parquet").collect()
     }
     for _, row in csv.iterrows():
         np.testing.assert_allclose(row.iloc[2:].to_numpy(dtype=float), parquet[row["path"]], rtol=1e-12)
@@ -135,8 +142,9 @@ def test_fitted_model_projects_new_features(spark, finished_run):
     from fruits_pipeline.pipelines.dimensionality_reduction.nodes import project_features
 
     model = SparkMLModelDataset(filepath=str(finished_run / "data/06_models/scaler_pca_model")).load()
-    features = spark.read.parquet(str(finished_run / "data/04_feature/image_features.parquet"))
-    saved = spark.read.parquet(str(finished_run / "data/07_model_output/pca_features.parquet"))
+    assert (finished_run / "data/06_models/scaler_pca_model/_COMMITTED").exists()
+    features = _parquet(spark, finished_run, "04_feature/image_features.parquet")
+    saved = _parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     expected = {row["path"]: row["pca_features"].toArray() for row in saved.collect()}
     for row in project_features(features.limit(5), model).collect():
         np.testing.assert_allclose(row["pca_features"].toArray(), expected[row["path"]], atol=1e-9)

@@ -22,22 +22,23 @@ def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _assert_no_spark(result: subprocess.CompletedProcess) -> None:
-    # What a starting Spark driver prints (log4j's defaults and Hadoop's native-library check).
+def failed_before_spark(result: subprocess.CompletedProcess) -> str:
+    """Checks that the run failed without starting Spark; returns its output on one line."""
     output = result.stdout + result.stderr
+    assert result.returncode != 0
+    # What a starting Spark driver prints (log4j's defaults and Hadoop's native-library check).
     assert "Setting default log level" not in output
     assert "NativeCodeLoader" not in output
+    return " ".join(output.split())
 
 
 def test_default_location_without_images_says_where_to_put_the_data_set(project_copy):
     result = kedro_run(project_copy)
-    assert result.returncode != 0
-    output = " ".join((result.stdout + result.stderr).split())
+    output = failed_before_spark(result)
     expected_location = project_copy / "data" / "01_raw" / "fruits-360"
     assert f"No image matching '*.jpg' was found under '{expected_location}'" in output
     assert "moltean/fruits" in output and "github.com/fruits-360" in output
     assert "--params raw_images_path=" in output
-    _assert_no_spark(result)
 
 
 def test_missing_weights_file_stops_the_run_before_spark(project_copy, small_image_set, tmp_path):
@@ -47,9 +48,33 @@ def test_missing_weights_file_stops_the_run_before_spark(project_copy, small_ima
         "--params",
         f"raw_images_path={small_image_set},featurization.weights={missing}",
     )
-    assert result.returncode != 0
-    output = " ".join((result.stdout + result.stderr).split())
+    output = failed_before_spark(result)
     assert "WeightsUnavailableError" in output
     assert f"featurization.weights='{missing}'" in output
     assert "$KERAS_HOME/models/" in output
-    _assert_no_spark(result)
+
+
+def test_threshold_outside_zero_one_stops_the_run_before_spark(project_copy, small_image_set):
+    result = kedro_run(
+        project_copy,
+        "--params",
+        f"raw_images_path={small_image_set},dimensionality_reduction.variance_threshold=1.5",
+    )
+    output = failed_before_spark(result)
+    assert "dimensionality_reduction.variance_threshold must be in (0, 1], got 1.5" in output
+
+
+def test_too_few_images_for_pca_stops_the_run_before_spark(project_copy, sample_images, tmp_path):
+    lonely = tmp_path / "one" / "Banana Red"
+    lonely.mkdir(parents=True)
+    image = next((sample_images / "Training" / "Banana Red").glob("*.jpg"))
+    (lonely / image.name).write_bytes(image.read_bytes())
+    result = kedro_run(project_copy, "--params", f"raw_images_path={lonely.parent}")
+    output = failed_before_spark(result)
+    assert "PCA needs at least 2 images" in output and str(lonely.parent) in output
+
+
+def test_unknown_environment_names_the_missing_configuration(project_copy):
+    result = kedro_run(project_copy, "--env", "no-such-env")
+    output = failed_before_spark(result)
+    assert f"{project_copy / 'conf' / 'no-such-env'}" in output

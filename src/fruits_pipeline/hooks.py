@@ -15,10 +15,12 @@ from pyspark.sql import SparkSession
 
 from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
 from fruits_pipeline.mobilenet_v2 import load_feature_extractor, resolve_weights
+from fruits_pipeline.pipelines.dimensionality_reduction.nodes import MIN_IMAGES, check_threshold
 
 logger = logging.getLogger(__name__)
 
 FEATURIZATION_PARAMS = "params:featurization"
+DIMENSIONALITY_REDUCTION_PARAMS = "params:dimensionality_reduction"
 
 
 class MissingInputError(RuntimeError):
@@ -37,13 +39,25 @@ def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
 
 
 def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
-    """Fails before any Spark work when the images or the model weights cannot be had."""
+    """Fails before any Spark work when the settings are invalid, or the images or the model
+    weights cannot be had."""
+    reduces = DIMENSIONALITY_REDUCTION_PARAMS in pipeline.inputs()
+    if reduces:
+        check_threshold(catalog.load(DIMENSIONALITY_REDUCTION_PARAMS)["variance_threshold"])
     for name in sorted(pipeline.inputs()):
         if name.startswith("params:") or name == "parameters":
             continue
         dataset = catalog.get(name)
-        if isinstance(dataset, ImageFolderDataset) and not dataset.exists():
+        if not isinstance(dataset, ImageFolderDataset):
+            continue
+        images = len(dataset.find_images(limit=MIN_IMAGES))
+        if images == 0:
             raise MissingImagesError(dataset.missing_images_message())
+        if reduces and images < MIN_IMAGES:
+            raise MissingImagesError(
+                f"PCA needs at least {MIN_IMAGES} images and {dataset} holds {images}: point "
+                "raw_images_path at the folder that holds the class folders."
+            )
     if FEATURIZATION_PARAMS in pipeline.inputs():
         weights_source = catalog.load(FEATURIZATION_PARAMS)["weights"]
         # Also loads them into the architecture on the driver, so that a corrupt file or one for

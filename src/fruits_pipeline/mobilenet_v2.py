@@ -188,14 +188,20 @@ def decode_image(content: bytes, max_pixels: int) -> np.ndarray:
             return np.asarray(resized, dtype=np.uint8)
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as error:
+        # Pillow's own guard (twice Image.MAX_IMAGE_PIXELS) fires in Image.open, before ours.
+        raise ImageDecodeError(f"exceeds Pillow's decompression-bomb guard: {error}") from error
     except Exception as error:  # noqa: BLE001 - Pillow raises many types for undecodable bytes
         raise ImageDecodeError(f"cannot decode image: {type(error).__name__}: {error}") from error
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    # 16-bit and float grayscale ("I;16", "I", "F") do not convert to RGB directly in Pillow:
-    # scale them to 8 bits first.
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    # Pillow does not convert 16-bit, 32-bit and float grayscale to RGB directly: bring them
+    # to 8 bits first (16-bit by its bit depth, the others by their range).
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.uint16) >> 8
+        image = Image.fromarray(pixels.astype(np.uint8), mode="L")
+    elif image.mode in ("I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
         low, high = float(pixels.min()), float(pixels.max())
         scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)

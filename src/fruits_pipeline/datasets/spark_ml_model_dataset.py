@@ -1,4 +1,5 @@
-"""A fitted Spark ML ``PipelineModel``, saved and loaded with Spark ML's own persistence."""
+"""A fitted Spark ML ``PipelineModel``, saved with Spark ML's own persistence and
+write-then-commit (see ``committed.py``)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,32 @@ from typing import Any
 from kedro.io import AbstractDataset
 from pyspark.ml import PipelineModel
 
+from fruits_pipeline.datasets.committed import VersionedFolder
+
 
 class SparkMLModelDataset(AbstractDataset[PipelineModel, PipelineModel]):
-    """Reads and writes a ``pyspark.ml.PipelineModel`` at ``filepath`` (local path or URI)."""
+    """Reads and writes a ``pyspark.ml.PipelineModel`` under ``filepath`` (local path or URI)."""
 
-    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        self._filepath = filepath
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        credentials: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._folder = VersionedFolder(str(filepath), credentials)
         self.metadata = metadata
 
     def load(self) -> PipelineModel:
-        return PipelineModel.load(self._filepath)
+        return PipelineModel.load(self._folder.committed_location())
 
     def save(self, data: PipelineModel) -> None:
-        data.write().overwrite().save(self._filepath)
+        version = self._folder.new_version()
+        data.write().save(self._folder.location(version))
+        self._folder.commit(version)
+
+    def _exists(self) -> bool:
+        return self._folder.committed() is not None
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath}
+        return {"filepath": self._folder.path}

@@ -31,16 +31,32 @@ class AccountingError(RuntimeError):
     """The images written do not add up to the images read."""
 
 
+# PCA needs a covariance: at least two images.
+MIN_IMAGES = 2
+
+
+def check_threshold(threshold: float) -> float:
+    """The variance threshold as a float in (0, 1], or a ValueError naming the setting."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"dimensionality_reduction.variance_threshold must be in (0, 1], got {threshold!r}: "
+            "set it in conf/base/parameters_dimensionality_reduction.yml or with "
+            "--params dimensionality_reduction.variance_threshold=0.9"
+        )
+    return value
+
+
 def choose_k(explained_variance_ratio: np.ndarray, threshold: float) -> int:
     """The fewest leading components whose cumulative explained variance reaches ``threshold``.
 
     ``k`` is the first index where the cumulative sum is at least the threshold, plus one; never 0,
     never more than the number of components.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(
-            f"dimensionality_reduction.variance_threshold must be in (0, 1], got {threshold}."
-        )
+    threshold = check_threshold(threshold)
     ratios = np.asarray(explained_variance_ratio, dtype=np.float64)
     if ratios.size == 0:
         raise ValueError("No explained-variance ratios: the PCA has no components.")
@@ -68,16 +84,16 @@ def select_components(
 ) -> dict[str, Any]:
     """Fits the full spectrum (k = feature dimension) once and chooses k from its explained
     variance."""
-    threshold = float(dimensionality_reduction["variance_threshold"])
+    threshold = check_threshold(dimensionality_reduction["variance_threshold"])
     vectors = _feature_vectors(image_features).select(FEATURES_VECTOR)
     # The scaler and the PCA each pass over the features: read the parquet once.
     vectors.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         images = vectors.count()
-        if images < 2:
+        if images < MIN_IMAGES:
             raise ValueError(
-                f"PCA needs at least 2 featurized images, got {images}: check raw_images_path "
-                "and the quarantine (image_quarantine)."
+                f"PCA needs at least {MIN_IMAGES} featurized images, got {images}: check "
+                "raw_images_path and the quarantine (data/04_feature/image_quarantine.parquet)."
             )
         dimension = len(vectors.first()[FEATURES_VECTOR])
         full = _scaler_and_pca(dimension).fit(vectors)

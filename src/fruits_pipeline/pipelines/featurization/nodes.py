@@ -32,6 +32,11 @@ FEATURIZATION_RESULT = StructType(
     ]
 )
 
+NO_CLASS_FOLDER = (
+    "no class folder: the file sits directly in raw_images_path, so it has no label; "
+    "move it into a folder named after its class"
+)
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -132,8 +137,12 @@ def extract_features(
         # Both outputs come from this one pass of the model.
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    outcome = F.col("features").isNotNull().alias("featurized")
-    counts = {row["featurized"]: row["count"] for row in results.groupBy(outcome).count().collect()}
+    # An image outside any class folder has features but no label: useless for the app, so it
+    # is quarantined with its reason rather than written without a label.
+    usable = F.col("features").isNotNull() & F.col("label").isNotNull()
+    counts = {
+        row["usable"]: row["count"] for row in results.groupBy(usable.alias("usable")).count().collect()
+    }
     featurized, quarantined = counts.get(True, 0), counts.get(False, 0)
     seconds = time.perf_counter() - started
     logger.info(
@@ -143,11 +152,12 @@ def extract_features(
         seconds,
         (featurized + quarantined) / seconds if seconds else 0.0,
     )
-    image_features = results.where(F.col("features").isNotNull()).select(
-        "path", "label", "features"
-    )
-    image_quarantine = results.where(F.col("features").isNull()).select(
-        "path", "label", "reason", "error_class"
+    image_features = results.where(usable).select("path", "label", "features")
+    image_quarantine = results.where(~usable).select(
+        "path",
+        "label",
+        F.coalesce("reason", F.lit(NO_CLASS_FOLDER)).alias("reason"),
+        F.coalesce("error_class", F.lit("MissingLabel")).alias("error_class"),
     )
     info = {
         "model": "MobileNetV2 1.0, 224x224, no top, global average pooling",

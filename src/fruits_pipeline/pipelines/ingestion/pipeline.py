@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=label_images,
-                inputs="raw_images",
+                inputs=["raw_images", "params:ingestion"],
                 outputs="image_binaries",
                 name="label_images",
                 tags=["ingestion"],

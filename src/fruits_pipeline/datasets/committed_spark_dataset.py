@@ -1,0 +1,56 @@
+"""A Spark DataFrame saved with write-then-commit (see ``committed.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kedro.io import AbstractDataset
+from kedro_datasets._utils.spark_utils import get_spark
+from pyspark.sql import DataFrame
+
+from fruits_pipeline.datasets.committed import VersionedFolder
+
+
+class CommittedSparkDataset(AbstractDataset[DataFrame, DataFrame]):
+    """Like ``spark.SparkDataset``, but a save lands in a new version folder under ``filepath``
+    and becomes visible only once complete, so an interrupted run never damages the last good
+    output and a re-run never appends to it."""
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        file_format: str = "parquet",
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        credentials: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._folder = VersionedFolder(str(filepath), credentials)
+        self._file_format = file_format
+        self._load_args = load_args or {}
+        self._save_args = save_args or {}
+        self.metadata = metadata
+
+    def load(self) -> DataFrame:
+        return get_spark().read.load(
+            self._folder.committed_location(), self._file_format, **self._load_args
+        )
+
+    def save(self, data: DataFrame) -> None:
+        version = self._folder.new_version()
+        data.write.save(
+            self._folder.location(version), self._file_format, mode="errorifexists", **self._save_args
+        )
+        self._folder.commit(version)
+
+    def _exists(self) -> bool:
+        return self._folder.committed() is not None
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._folder.path,
+            "file_format": self._file_format,
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+        }

@@ -1,0 +1,187 @@
+"""Every image accounted for: odd and broken files, PCA at awkward sizes, safe re-runs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pyspark.sql import functions as F
+
+from fruits_pipeline import mobilenet_v2
+from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
+    AccountingError,
+    select_components,
+    summarize_run,
+)
+from tests.odd_images import EXIF_ORIENTATION, build_odd_image_folder
+from tests.test_pipeline_runs import _parquet, kedro, run_params
+
+from tests.conftest import make_project_copy
+
+
+@pytest.fixture(scope="module")
+def odd_run(spark, sample_images, weights_file, tmp_path_factory):
+    """`kedro run` over a folder of good, odd and broken files."""
+    images = tmp_path_factory.mktemp("odd-images")
+    cases = build_odd_image_folder(sample_images, images)
+    project = make_project_copy(tmp_path_factory.mktemp("odd-project"))
+    kedro(project, "run", "--params", run_params(images, weights_file))
+    return project, images, cases
+
+
+def _by_relative_path(rows, images: Path) -> dict[str, dict]:
+    return {
+        row["path"].removeprefix("file:").removeprefix(f"{images}/"): row.asDict() for row in rows
+    }
+
+
+def test_each_file_is_featurized_or_quarantined_with_its_reason(spark, odd_run):
+    project, images, cases = odd_run
+    features = _by_relative_path(
+        _parquet(spark, project, "04_feature/image_features.parquet").collect(), images
+    )
+    quarantine = _by_relative_path(
+        _parquet(spark, project, "04_feature/image_quarantine.parquet").collect(), images
+    )
+    assert set(features) | set(quarantine) == {case.relative_path for case in cases}
+    assert not set(features) & set(quarantine)
+    for case in cases:
+        if case.reason is None:
+            row = features[case.relative_path]
+            assert row["label"] == case.label, case
+            assert len(row["features"]) == 1280 and np.isfinite(row["features"]).all(), case
+        else:
+            row = quarantine[case.relative_path]
+            assert case.reason in row["reason"], (case, row["reason"])
+            assert row["error_class"], case
+
+
+def test_counts_add_up_in_the_metrics(odd_run):
+    project, _, cases = odd_run
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    quarantined = sum(case.reason is not None for case in cases)
+    assert metrics["images_in"] == len(cases)
+    assert metrics["images_quarantined"] == quarantined
+    assert metrics["images_featurized"] == len(cases) - quarantined
+    assert metrics["images_per_class"]["苹果 红"] == 1
+    assert metrics["images_per_class"]["Pêche Plate"] == 1
+
+
+def test_a_rerun_gives_the_same_rows_and_features(spark, odd_run, weights_file):
+    project, images, _ = odd_run
+    before = _by_relative_path(
+        _parquet(spark, project, "04_feature/image_features.parquet").collect(), images
+    )
+    kedro(project, "run", "--pipelines", "ingestion,featurization", "--params", run_params(images, weights_file))
+    after_rows = _parquet(spark, project, "04_feature/image_features.parquet").collect()
+    after = _by_relative_path(after_rows, images)
+    assert len(after_rows) == len(after) == len(before), "no duplicated rows"
+    for path, row in before.items():
+        assert np.abs(np.asarray(after[path]["features"]) - row["features"]).max() <= 1e-6
+
+
+def test_counts_that_do_not_add_up_fail_the_run(spark):
+    listed = spark.createDataFrame([(f"file:/x/A/{i}.jpg",) for i in range(5)], ["path"])
+    pca_features = spark.createDataFrame([(f"file:/x/A/{i}.jpg", "A") for i in range(3)], ["path", "label"])
+    quarantine = spark.createDataFrame([("file:/x/A/3.jpg", "A")], ["path", "label"])
+    selection = {"k": 1, "feature_dim": 2, "variance_threshold": 0.9, "variance_explained": 0.95, "explained_variance_ratio": [0.95, 0.05]}
+    info = {"weights_source": "w", "weights_sha256": "0" * 64, "seconds": 1.0}
+    with pytest.raises(AccountingError, match="5 images were listed but 3 were featurized and 1 quarantined"):
+        summarize_run(listed, pca_features, quarantine, info, selection)
+
+
+def _exact_spectrum(features: np.ndarray) -> np.ndarray:
+    centered = features - features.mean(axis=0)
+    std = features.std(axis=0, ddof=1)
+    standardized = np.divide(centered, std, out=np.zeros_like(centered), where=std > 0)
+    singular = np.linalg.svd(standardized, compute_uv=False)
+    ratios = np.zeros(features.shape[1])
+    ratios[: singular.size] = singular**2 / np.sum(singular**2)
+    return ratios
+
+
+def _degenerate(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Features shaped like MobileNetV2's (non-negative float32, 1280 wide) in awkward regimes."""
+    if kind == "fewer images than features":
+        base = rng.gamma(0.5, 1.0, size=(60, 1280))
+    elif kind == "constant columns":
+        base = rng.gamma(0.5, 1.0, size=(400, 1280))
+        base[:, ::3] = 0.0  # dead ReLU channels
+        base[:, 1::7] = 2.5
+    elif kind == "duplicate images":  # 100 distinct rows, each four times
+        base = np.repeat(rng.gamma(0.5, 1.0, size=(100, 1280)), 4, axis=0)
+    else:  # large offsets with tiny spread: where a one-pass covariance loses its digits
+        base = 1000.0 + rng.gamma(0.5, 1e-3, size=(400, 1280))
+    low_rank = rng.normal(size=(base.shape[0], 8)) @ rng.normal(size=(8, 1280))
+    return (base + 0.3 * np.abs(low_rank) * (base > 0)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "kind", ["fewer images than features", "constant columns", "duplicate images", "large offsets"]
+)
+def test_pca_equals_an_exact_svd_in_degenerate_regimes(spark, kind):
+    features = _degenerate(kind, np.random.default_rng(11))
+    frame = spark.createDataFrame(
+        [(f"file:/x/A/{i}.jpg", "A", row.tolist()) for i, row in enumerate(features)],
+        "path string, label string, features array<float>",
+    )
+    selection = select_components(frame, {"variance_threshold": 0.9})
+    expected = _exact_spectrum(features.astype(np.float64))
+    assert np.abs(np.asarray(selection["explained_variance_ratio"]) - expected).max() <= 1e-6
+    cumulative = np.cumsum(expected)
+    assert selection["k"] == int(np.argmax(cumulative >= 0.9 - 1e-12)) + 1
+    assert selection["variance_explained"] == pytest.approx(cumulative[selection["k"] - 1], abs=1e-6)
+
+
+def test_exif_orientation_is_applied(sample_images):
+    with Image.open(next((sample_images / "Training" / "Banana Red").glob("*.jpg"))) as original:
+        banana = original.convert("RGB")
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    stored = io.BytesIO()
+    banana.transpose(Image.Transpose.ROTATE_90).save(stored, format="JPEG", exif=exif.tobytes(), quality=95)
+    upright = io.BytesIO()
+    banana.save(upright, format="JPEG", quality=95)
+    rotated = mobilenet_v2.decode_image(stored.getvalue(), max_pixels=10**6).astype(float)
+    expected = mobilenet_v2.decode_image(upright.getvalue(), max_pixels=10**6).astype(float)
+    assert np.abs(rotated - expected).mean() < 3.0
+    unrotated = np.rot90(expected)
+    assert np.abs(rotated - unrotated).mean() > 10 * np.abs(rotated - expected).mean()
+
+
+def _decodes_or_refuses(content: bytes) -> None:
+    try:
+        decoded = mobilenet_v2.decode_image(content, max_pixels=4_000_000)
+    except mobilenet_v2.ImageDecodeError as error:
+        assert str(error)
+    else:
+        assert decoded.shape == (224, 224, 3) and decoded.dtype == np.uint8
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_fuzz_arbitrary_bytes_never_crash_the_decoder(content):
+    _decodes_or_refuses(content)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_mutated_real_images_never_crash_the_decoder(sample_images, data):
+    image = sorted((sample_images / "Training" / "Avocado").glob("*.jpg"))[0].read_bytes()
+    mutated = bytearray(image)
+    for _ in range(data.draw(st.integers(1, 20))):
+        mutated[data.draw(st.integers(0, len(mutated) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(mutated)))
+    _decodes_or_refuses(bytes(mutated[:cut]))
+
+
+def test_features_are_null_only_for_quarantined_rows(spark, odd_run):
+    project, _, _ = odd_run
+    features = _parquet(spark, project, "04_feature/image_features.parquet")
+    assert features.where(F.col("features").isNull() | F.col("label").isNull()).count() == 0
