@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,8 +95,8 @@ def spark():
 
 
 def make_project_copy(target: Path) -> Path:
-    """A throw-away copy of the project (conf/, pyproject.toml, src/, an empty data/ tree), so that a
-    run writes its outputs there and not into the checkout."""
+    """A throw-away copy of the project (conf/, pyproject.toml, src/, an empty data/ tree), so
+    that a run writes its outputs there and not into the checkout."""
     shutil.copytree(PROJECT_ROOT / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
     (target / "conf" / "local").mkdir()
     shutil.copy2(PROJECT_ROOT / "pyproject.toml", target / "pyproject.toml")
@@ -110,3 +111,59 @@ def project_copy(tmp_path: Path, monkeypatch) -> Path:
     """A project copy made the working directory for one test."""
     monkeypatch.chdir(make_project_copy(tmp_path))
     return tmp_path
+
+
+def kedro_process(project: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Runs the `kedro` command in a fresh process in ``project``, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", *args],
+        cwd=project,
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def kedro(project: Path, *args: str) -> str:
+    """Runs Kedro's CLI in ``project``, in this process (so it shares the test session's
+    SparkSession), and returns its output; fails the test on a non-zero exit."""
+    from click.testing import CliRunner
+    from kedro.framework.cli.cli import KedroCLI
+
+    cwd = Path.cwd()
+    os.chdir(project)
+    try:
+        result = CliRunner().invoke(
+            KedroCLI(project_path=project), list(args), catch_exceptions=True
+        )
+    finally:
+        os.chdir(cwd)
+    if result.exit_code != 0:
+        raise AssertionError(
+            f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{result.output}"
+        ) from result.exception
+    return result.output
+
+
+def run_params(images: Path, weights: Path) -> str:
+    return f"raw_images_path={images},featurization.weights={weights}"
+
+
+def committed(folder: Path) -> Path:
+    """The version folder a committed Spark output points at."""
+    return folder / (folder / "_COMMITTED").read_text().strip()
+
+
+def parquet(spark, project: Path, dataset_folder: str):
+    """A committed parquet output of a project copy, e.g. ``04_feature/image_features.parquet``."""
+    return spark.read.parquet(str(committed(project / "data" / dataset_folder)))
+
+
+@pytest.fixture(scope="session")
+def finished_run(spark, small_image_set, weights_file, tmp_path_factory) -> Path:
+    """One complete `kedro run` (every pipeline) on the small image set, in a project copy."""
+    project = make_project_copy(tmp_path_factory.mktemp("project"))
+    kedro(project, "run", "--params", run_params(small_image_set, weights_file))
+    return project

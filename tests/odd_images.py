@@ -55,7 +55,9 @@ def build_odd_image_folder(sample_images: Path, root: Path, good_per_class: int 
         cases.append(Case(relative_path, label, reason))
 
     for class_name in ("Banana Red", "Avocado", "Tomato Heart"):
-        for image in sorted((sample_images / "Training" / class_name).glob("*.jpg"))[:good_per_class]:
+        for image in sorted((sample_images / "Training" / class_name).glob("*.jpg"))[
+            :good_per_class
+        ]:
             relative = f"{class_name}/{image.name}"
             (root / class_name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(image, root / relative)
@@ -100,7 +102,11 @@ def build_odd_image_folder(sample_images: Path, root: Path, good_per_class: int 
         _encode(banana.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes()),
         "Banana Red",
     )
-    write("Banana Red/one-pixel.jpg", _encode(Image.new("RGB", (1, 1), (250, 220, 40)), "JPEG"), "Banana Red")
+    write(
+        "Banana Red/one-pixel.jpg",
+        _encode(Image.new("RGB", (1, 1), (250, 220, 40)), "JPEG"),
+        "Banana Red",
+    )
 
     # Names with spaces, accents and non-ASCII characters: featurized with their folder's label.
     write("Pêche Plate/é à ü 1.jpg", banana_bytes, "Pêche Plate")

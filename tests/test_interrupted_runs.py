@@ -38,7 +38,9 @@ def test_killed_run_keeps_the_last_good_output(project_copy, sample_images):
     deadline = time.monotonic() + 240
     partial = None
     while partial is None and time.monotonic() < deadline and run.poll() is None:
-        partial = next((p for p in dataset.iterdir() if p.is_dir() and p.name != good_version), None)
+        partial = next(
+            (p for p in dataset.iterdir() if p.is_dir() and p.name != good_version), None
+        )
         time.sleep(0.02)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()

@@ -10,9 +10,21 @@ from fruits_pipeline.pipelines.ingestion.nodes import label_from_path, label_ima
 @pytest.mark.parametrize(
     ("root", "path", "label"),
     [
-        ("file:/data/fruits-360", "file:/data/fruits-360/Training/Apple Red 1/r_32_100.jpg", "Apple Red 1"),
-        ("file:/data/fruits-360/Training", "file:/data/fruits-360/Training/Apple Red 1/r_32_100.jpg", "Apple Red 1"),
-        ("s3a://bucket/fruits", "s3a://bucket/fruits/Test/Banana Lady Finger/12_100.jpg", "Banana Lady Finger"),
+        (
+            "file:/data/fruits-360",
+            "file:/data/fruits-360/Training/Apple Red 1/r_32_100.jpg",
+            "Apple Red 1",
+        ),
+        (
+            "file:/data/fruits-360/Training",
+            "file:/data/fruits-360/Training/Apple Red 1/r_32_100.jpg",
+            "Apple Red 1",
+        ),
+        (
+            "s3a://bucket/fruits",
+            "s3a://bucket/fruits/Test/Banana Lady Finger/12_100.jpg",
+            "Banana Lady Finger",
+        ),
         ("file:/d", "file:/d/Training/Pêche Plate/é 1.jpg", "Pêche Plate"),
         ("file:/d", "file:/d/Training/苹果/1.jpg", "苹果"),
         ("file:/d/Training", "file:/d/Training/stray.jpg", None),

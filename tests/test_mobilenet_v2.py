@@ -26,9 +26,7 @@ def test_decode_resizes_real_image_to_224_rgb(sample_images):
     assert decoded.shape == (224, 224, 3)
     assert decoded.dtype == np.uint8
     with Image.open(image_path) as original:
-        expected = np.asarray(
-            original.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
-        )
+        expected = np.asarray(original.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(decoded, expected)
 
 
@@ -147,7 +145,9 @@ def test_imagenet_without_cache_or_network_fails_with_the_same_guidance(tmp_path
     monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path))
     # An address nothing listens on: the download fails at once, as it does on an offline machine.
     monkeypatch.setattr(mobilenet_v2, "IMAGENET_WEIGHTS_URL", "http://127.0.0.1:9/none.h5")
-    with pytest.raises(mobilenet_v2.WeightsUnavailableError, match="featurization.weights='imagenet'"):
+    with pytest.raises(
+        mobilenet_v2.WeightsUnavailableError, match=r"featurization\.weights='imagenet'"
+    ):
         mobilenet_v2.resolve_weights("imagenet")
 
 

@@ -8,56 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import IMAGES_PER_CLASS, make_project_copy
+from tests.conftest import IMAGES_PER_CLASS, committed, kedro, parquet, run_params
 
 CLASSES = 13
-
-
-def kedro(project: Path, *args: str) -> str:
-    """Runs the Kedro CLI in ``project`` and returns its output; fails the test on a non-zero exit."""
-    from kedro.framework.cli.cli import KedroCLI
-
-    cwd = Path.cwd()
-    os.chdir(project)
-    try:
-        result = CliRunner().invoke(KedroCLI(project_path=project), list(args), catch_exceptions=True)
-    finally:
-        os.chdir(cwd)
-    if result.exit_code != 0:
-        raise AssertionError(
-            f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{result.output}"
-        ) from result.exception
-    return result.output
-
-
-def run_params(images: Path, weights: Path) -> str:
-    return f"raw_images_path={images},featurization.weights={weights}"
-
-
-@pytest.fixture(scope="module")
-def finished_run(spark, small_image_set, weights_file, tmp_path_factory) -> Path:
-    """One complete `kedro run` (all three pipelines) on the small image set."""
-    project = make_project_copy(tmp_path_factory.mktemp("project"))
-    kedro(project, "run", "--params", run_params(small_image_set, weights_file))
-    return project
-
-
-def committed(folder: Path) -> Path:
-    """The version folder a committed Spark output points at."""
-    return folder / (folder / "_COMMITTED").read_text().strip()
-
-
-def _parquet(spark, project: Path, dataset_folder: str):
-    return spark.read.parquet(str(committed(project / "data" / dataset_folder)))
 
 
 def _spark_csv(folder: Path) -> pd.DataFrame:
@@ -79,7 +39,7 @@ def _independent_k(features: np.ndarray, threshold: float) -> tuple[int, float]:
 
 
 def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_image_set):
-    pca_features = _parquet(spark, finished_run, "07_model_output/pca_features.parquet")
+    pca_features = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     rows = pca_features.collect()
     assert len(rows) == CLASSES * IMAGES_PER_CLASS
     paths = [row["path"].removeprefix("file:") for row in rows]
@@ -89,14 +49,14 @@ def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_imag
 
 
 def test_k_and_variance_equal_an_independent_svd(spark, finished_run):
-    features = _parquet(spark, finished_run, "04_feature/image_features.parquet")
+    features = parquet(spark, finished_run, "04_feature/image_features.parquet")
     matrix = np.stack([np.asarray(row["features"], dtype=np.float64) for row in features.collect()])
     assert matrix.shape == (CLASSES * IMAGES_PER_CLASS, 1280)
     expected_k, expected_variance = _independent_k(matrix, 0.9)
     metrics = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())
     assert metrics["k"] == expected_k
     assert metrics["variance_explained"] == pytest.approx(expected_variance, abs=1e-6)
-    pca_features = _parquet(spark, finished_run, "07_model_output/pca_features.parquet")
+    pca_features = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     assert {len(row["pca_features"]) for row in pca_features.collect()} == {expected_k}
 
 
@@ -105,12 +65,14 @@ def test_csv_has_path_label_and_one_column_per_component(spark, finished_run):
     k = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())["k"]
     assert list(csv.columns) == ["path", "label"] + [f"pc_{i:03d}" for i in range(1, k + 1)]
     assert len(csv) == CLASSES * IMAGES_PER_CLASS
-    parquet = {
+    components = {
         row["path"]: np.asarray(row["pca_features"])
-        for row in _parquet(spark, finished_run, "07_model_output/pca_features.parquet").collect()
+        for row in parquet(spark, finished_run, "07_model_output/pca_features.parquet").collect()
     }
     for _, row in csv.iterrows():
-        np.testing.assert_allclose(row.iloc[2:].to_numpy(dtype=float), parquet[row["path"]], rtol=1e-12)
+        np.testing.assert_allclose(
+            row.iloc[2:].to_numpy(dtype=float), components[row["path"]], rtol=1e-12
+        )
 
 
 def test_metrics_say_what_a_user_needs_to_trust_the_run(finished_run, weights_file):
@@ -141,10 +103,12 @@ def test_fitted_model_projects_new_features(spark, finished_run):
     from fruits_pipeline.datasets import SparkMLModelDataset
     from fruits_pipeline.pipelines.dimensionality_reduction.nodes import project_features
 
-    model = SparkMLModelDataset(filepath=str(finished_run / "data/06_models/scaler_pca_model")).load()
+    model = SparkMLModelDataset(
+        filepath=str(finished_run / "data/06_models/scaler_pca_model")
+    ).load()
     assert (finished_run / "data/06_models/scaler_pca_model/_COMMITTED").exists()
-    features = _parquet(spark, finished_run, "04_feature/image_features.parquet")
-    saved = _parquet(spark, finished_run, "07_model_output/pca_features.parquet")
+    features = parquet(spark, finished_run, "04_feature/image_features.parquet")
+    saved = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     expected = {row["path"]: row["pca_features"].toArray() for row in saved.collect()}
     for row in project_features(features.limit(5), model).collect():
         np.testing.assert_allclose(row["pca_features"].toArray(), expected[row["path"]], atol=1e-9)
@@ -190,7 +154,8 @@ def test_each_pipeline_runs_alone_from_the_persisted_output_before_it(
 def test_from_nodes_reruns_only_the_nodes_downstream(finished_run):
     before = _outputs(finished_run)
     output = kedro(finished_run, "run", "--from-nodes", "fit_pca")
-    assert "Completed 4 out of 4 tasks" in output
+    # fit_pca, project_features, write_pca_csv, summarize_run, and the three reporting nodes
+    assert "Completed 7 out of 7 tasks" in output
     after = _outputs(finished_run)
     assert _rewritten(before, after, "scaler_pca_model")
     assert _rewritten(before, after, "pca_features.csv")
@@ -199,9 +164,7 @@ def test_from_nodes_reruns_only_the_nodes_downstream(finished_run):
     assert not _rewritten(before, after, "pca_selection")
 
 
-def test_partial_run_without_its_input_says_which_pipeline_to_run_first(
-    project_copy, weights_file
-):
+def test_partial_run_without_its_input_says_which_pipeline_to_run_first(project_copy, weights_file):
     with pytest.raises(AssertionError, match="Input dataset 'image_binaries' of this run has not"):
         kedro(
             project_copy,
@@ -211,3 +174,33 @@ def test_partial_run_without_its_input_says_which_pipeline_to_run_first(
             "--params",
             f"featurization.weights={weights_file}",
         )
+
+
+def test_reports_are_written_for_people(finished_run):
+    reporting = finished_run / "data" / "08_reporting"
+    for name in ("images_per_class.png", "pca_scatter.png", "explained_variance.png"):
+        with Image.open(reporting / name) as figure:
+            assert figure.format == "PNG" and figure.width > 400, name
+    metrics = json.loads((reporting / "metrics.json").read_text())
+    report = (reporting / "run_report.md").read_text()
+    assert f"| images listed | {CLASSES * IMAGES_PER_CLASS} |" in report
+    assert f"| principal components kept (k) | {metrics['k']} of 1280 |" in report
+    assert "No image was quarantined." in report
+    assert f"| Banana Red | {IMAGES_PER_CLASS} |" in report
+    assert metrics["weights_sha256"] in report
+
+
+def test_tags_to_nodes_and_only_missing_outputs_select_what_runs(
+    finished_run, small_image_set, weights_file
+):
+    output = kedro(finished_run, "run", "--tags", "reporting")
+    assert "Completed 3 out of 3 tasks" in output
+
+    params = run_params(small_image_set, weights_file)
+    output = kedro(finished_run, "run", "--to-nodes", "label_images", "--params", params)
+    assert "Completed 1 out of 1 tasks" in output
+
+    (finished_run / "data/08_reporting/run_report.md").unlink()
+    output = kedro(finished_run, "run", "--only-missing-outputs", "--params", params)
+    assert "Completed 1 out of 1 tasks" in output
+    assert (finished_run / "data/08_reporting/run_report.md").exists()

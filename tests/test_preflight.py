@@ -5,21 +5,14 @@ These run the real `kedro` command in a fresh process, as a user would.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.conftest import kedro_process
 
 
 def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kedro", "run", *args],
-        cwd=project,
-        env={**os.environ, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return kedro_process(project, "run", *args)
 
 
 def failed_before_spark(result: subprocess.CompletedProcess) -> str:

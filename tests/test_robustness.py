@@ -19,10 +19,8 @@ from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     select_components,
     summarize_run,
 )
+from tests.conftest import kedro, make_project_copy, parquet, run_params
 from tests.odd_images import EXIF_ORIENTATION, build_odd_image_folder
-from tests.test_pipeline_runs import _parquet, kedro, run_params
-
-from tests.conftest import make_project_copy
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +42,10 @@ def _by_relative_path(rows, images: Path) -> dict[str, dict]:
 def test_each_file_is_featurized_or_quarantined_with_its_reason(spark, odd_run):
     project, images, cases = odd_run
     features = _by_relative_path(
-        _parquet(spark, project, "04_feature/image_features.parquet").collect(), images
+        parquet(spark, project, "04_feature/image_features.parquet").collect(), images
     )
     quarantine = _by_relative_path(
-        _parquet(spark, project, "04_feature/image_quarantine.parquet").collect(), images
+        parquet(spark, project, "04_feature/image_quarantine.parquet").collect(), images
     )
     assert set(features) | set(quarantine) == {case.relative_path for case in cases}
     assert not set(features) & set(quarantine)
@@ -76,10 +74,17 @@ def test_counts_add_up_in_the_metrics(odd_run):
 def test_a_rerun_gives_the_same_rows_and_features(spark, odd_run, weights_file):
     project, images, _ = odd_run
     before = _by_relative_path(
-        _parquet(spark, project, "04_feature/image_features.parquet").collect(), images
+        parquet(spark, project, "04_feature/image_features.parquet").collect(), images
     )
-    kedro(project, "run", "--pipelines", "ingestion,featurization", "--params", run_params(images, weights_file))
-    after_rows = _parquet(spark, project, "04_feature/image_features.parquet").collect()
+    kedro(
+        project,
+        "run",
+        "--pipelines",
+        "ingestion,featurization",
+        "--params",
+        run_params(images, weights_file),
+    )
+    after_rows = parquet(spark, project, "04_feature/image_features.parquet").collect()
     after = _by_relative_path(after_rows, images)
     assert len(after_rows) == len(after) == len(before), "no duplicated rows"
     for path, row in before.items():
@@ -88,11 +93,21 @@ def test_a_rerun_gives_the_same_rows_and_features(spark, odd_run, weights_file):
 
 def test_counts_that_do_not_add_up_fail_the_run(spark):
     listed = spark.createDataFrame([(f"file:/x/A/{i}.jpg",) for i in range(5)], ["path"])
-    pca_features = spark.createDataFrame([(f"file:/x/A/{i}.jpg", "A") for i in range(3)], ["path", "label"])
+    pca_features = spark.createDataFrame(
+        [(f"file:/x/A/{i}.jpg", "A") for i in range(3)], ["path", "label"]
+    )
     quarantine = spark.createDataFrame([("file:/x/A/3.jpg", "A")], ["path", "label"])
-    selection = {"k": 1, "feature_dim": 2, "variance_threshold": 0.9, "variance_explained": 0.95, "explained_variance_ratio": [0.95, 0.05]}
+    selection = {
+        "k": 1,
+        "feature_dim": 2,
+        "variance_threshold": 0.9,
+        "variance_explained": 0.95,
+        "explained_variance_ratio": [0.95, 0.05],
+    }
     info = {"weights_source": "w", "weights_sha256": "0" * 64, "seconds": 1.0}
-    with pytest.raises(AccountingError, match="5 images were listed but 3 were featurized and 1 quarantined"):
+    with pytest.raises(
+        AccountingError, match="5 images were listed but 3 were featurized and 1 quarantined"
+    ):
         summarize_run(listed, pca_features, quarantine, info, selection)
 
 
@@ -136,7 +151,9 @@ def test_pca_equals_an_exact_svd_in_degenerate_regimes(spark, kind):
     assert np.abs(np.asarray(selection["explained_variance_ratio"]) - expected).max() <= 1e-6
     cumulative = np.cumsum(expected)
     assert selection["k"] == int(np.argmax(cumulative >= 0.9 - 1e-12)) + 1
-    assert selection["variance_explained"] == pytest.approx(cumulative[selection["k"] - 1], abs=1e-6)
+    assert selection["variance_explained"] == pytest.approx(
+        cumulative[selection["k"] - 1], abs=1e-6
+    )
 
 
 def test_exif_orientation_is_applied(sample_images):
@@ -145,7 +162,9 @@ def test_exif_orientation_is_applied(sample_images):
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
     stored = io.BytesIO()
-    banana.transpose(Image.Transpose.ROTATE_90).save(stored, format="JPEG", exif=exif.tobytes(), quality=95)
+    banana.transpose(Image.Transpose.ROTATE_90).save(
+        stored, format="JPEG", exif=exif.tobytes(), quality=95
+    )
     upright = io.BytesIO()
     banana.save(upright, format="JPEG", quality=95)
     rotated = mobilenet_v2.decode_image(stored.getvalue(), max_pixels=10**6).astype(float)
@@ -183,5 +202,5 @@ def test_fuzz_mutated_real_images_never_crash_the_decoder(sample_images, data):
 
 def test_features_are_null_only_for_quarantined_rows(spark, odd_run):
     project, _, _ = odd_run
-    features = _parquet(spark, project, "04_feature/image_features.parquet")
+    features = parquet(spark, project, "04_feature/image_features.parquet")
     assert features.where(F.col("features").isNull() | F.col("label").isNull()).count() == 0

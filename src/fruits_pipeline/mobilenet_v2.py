@@ -91,7 +91,7 @@ def _local_copy(uri: str) -> str:
     The copy keeps the file's name (fsspec's ``same_names``), because Keras picks the weights
     format from the suffix.
     """
-    import fsspec  # noqa: PLC0415
+    import fsspec
 
     filesystem, path = fsspec.core.url_to_fs(uri)
     if "file" in filesystem.protocol:
@@ -112,14 +112,14 @@ def resolve_weights(source: str) -> WeightsFile:
         raise WeightsUnavailableError(_how_to_provide(str(source), "the setting is empty."))
     try:
         if source == IMAGENET:
-            import keras  # noqa: PLC0415
+            import keras
 
             local_path = keras.utils.get_file(
                 IMAGENET_WEIGHTS_FILE, IMAGENET_WEIGHTS_URL, cache_subdir="models"
             )
         else:
             local_path = _local_copy(source)
-    except Exception as error:  # noqa: BLE001 - any download or file-system failure means "no weights"
+    except Exception as error:
         raise WeightsUnavailableError(
             _how_to_provide(source, f"{type(error).__name__}: {error}")
         ) from error
@@ -130,7 +130,7 @@ def resolve_weights(source: str) -> WeightsFile:
 
 def build_architecture() -> keras.Model:
     """MobileNetV2 1.0, 224x224x3 input, no top, global average pooling, no weights loaded."""
-    from keras.applications import MobileNetV2  # noqa: PLC0415
+    from keras.applications import MobileNetV2
 
     return MobileNetV2(
         input_shape=(INPUT_SIZE, INPUT_SIZE, 3), include_top=False, weights=None, pooling="avg"
@@ -151,7 +151,7 @@ def load_feature_extractor(weights: WeightsFile) -> keras.Model:
             # layers randomly initialised: for features, that is a wrong file, not a warning.
             warnings.simplefilter("error", UserWarning)
             model.load_weights(weights.local_path)
-    except Exception as error:  # noqa: BLE001 - h5py, Keras and shape errors all mean "unusable file"
+    except Exception as error:
         raise WeightsUnavailableError(
             _how_to_provide(
                 weights.source,
@@ -182,8 +182,7 @@ def decode_image(content: bytes, max_pixels: int) -> np.ndarray:
                     f"guard featurization.max_image_pixels={max_pixels}"
                 )
             image.load()
-            image = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(image)
+            rgb = _to_rgb(ImageOps.exif_transpose(image))
             resized = rgb.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
             return np.asarray(resized, dtype=np.uint8)
     except ImageDecodeError:
@@ -191,7 +190,7 @@ def decode_image(content: bytes, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError as error:
         # Pillow's own guard (twice Image.MAX_IMAGE_PIXELS) fires in Image.open, before ours.
         raise ImageDecodeError(f"exceeds Pillow's decompression-bomb guard: {error}") from error
-    except Exception as error:  # noqa: BLE001 - Pillow raises many types for undecodable bytes
+    except Exception as error:
         raise ImageDecodeError(f"cannot decode image: {type(error).__name__}: {error}") from error
 
 
@@ -216,14 +215,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def preprocess(images: np.ndarray) -> np.ndarray:
     """Scales a batch of uint8 RGB images (N, 224, 224, 3) as MobileNetV2 expects ([-1, 1])."""
-    from keras.applications.mobilenet_v2 import preprocess_input  # noqa: PLC0415
+    from keras.applications.mobilenet_v2 import preprocess_input
 
     return preprocess_input(images.astype(np.float32))
 
 
 def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
     """Limits TensorFlow's thread pools; a no-op once TensorFlow has started executing."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra_op)

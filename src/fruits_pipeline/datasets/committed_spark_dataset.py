@@ -40,7 +40,10 @@ class CommittedSparkDataset(AbstractDataset[DataFrame, DataFrame]):
     def save(self, data: DataFrame) -> None:
         version = self._folder.new_version()
         data.write.save(
-            self._folder.location(version), self._file_format, mode="errorifexists", **self._save_args
+            self._folder.location(version),
+            self._file_format,
+            mode="errorifexists",
+            **self._save_args,
         )
         self._folder.commit(version)
 

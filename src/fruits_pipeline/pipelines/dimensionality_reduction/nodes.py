@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,6 @@ from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import PCA, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from fruits_pipeline.run_info import library_versions
 
@@ -84,6 +84,7 @@ def select_components(
 ) -> dict[str, Any]:
     """Fits the full spectrum (k = feature dimension) once and chooses k from its explained
     variance."""
+    started = time.perf_counter()
     threshold = check_threshold(dimensionality_reduction["variance_threshold"])
     vectors = _feature_vectors(image_features).select(FEATURES_VECTOR)
     # The scaler and the PCA each pass over the features: read the parquet once.
@@ -117,6 +118,7 @@ def select_components(
         "k": k,
         "variance_explained": float(cumulative[k - 1]),
         "explained_variance_ratio": [float(ratio) for ratio in ratios],
+        "seconds": round(time.perf_counter() - started, 3),
     }
 
 

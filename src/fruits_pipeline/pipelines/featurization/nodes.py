@@ -8,14 +8,16 @@ cache, so that it is reused by every task and batch the (reused) worker runs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark import Broadcast, StorageLevel
+from pyspark import Accumulator, Broadcast, StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
@@ -83,12 +85,12 @@ def featurize_batch(model, contents: pd.Series, settings: WorkerSettings) -> pd.
     for start in range(0, len(decoded), step):
         batch = mobilenet_v2.preprocess(np.stack(decoded[start : start + step]))
         outputs = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
-        for row, vector in zip(decoded_rows[start : start + step], outputs):
+        for row, vector in zip(decoded_rows[start : start + step], outputs, strict=True):
             features[row] = vector
     return pd.DataFrame({"features": features, "reason": reasons, "error_class": error_classes})
 
 
-def make_featurizer(weights: Broadcast, settings: WorkerSettings):
+def make_featurizer(weights: Broadcast, settings: WorkerSettings, images_done: Accumulator):
     """A Scalar-Iterator pandas UDF: image bytes -> struct(features, reason, error_class)."""
 
     @F.pandas_udf(FEATURIZATION_RESULT)
@@ -96,12 +98,45 @@ def make_featurizer(weights: Broadcast, settings: WorkerSettings):
         model = _worker_model(weights, settings)
         for batch in contents:
             yield featurize_batch(model, batch, settings)
+            images_done.add(len(batch))
 
     return featurize
 
 
-def _partitions(images: DataFrame, requested: int | None) -> int:
-    return requested or 2 * images.sparkSession.sparkContext.defaultParallelism
+def _partitions(images: int, slots: int, featurization: dict[str, Any]) -> int:
+    """Enough partitions to keep every task slot busy to the end of the stage, and small enough
+    for progress to be reported as tasks finish."""
+    if featurization.get("partitions"):
+        return int(featurization["partitions"])
+    per_partition = int(featurization["images_per_partition"])
+    return max(2 * slots, -(-images // per_partition))
+
+
+@contextmanager
+def progress_log(images_done: Accumulator, total: int, every_seconds: float = 15.0):
+    """Logs images done / total and the rate while the block runs (Spark sends accumulator
+    updates as tasks finish, so the count moves task by task)."""
+    started = time.perf_counter()
+    finished = threading.Event()
+
+    def report() -> None:
+        while not finished.wait(every_seconds):
+            done, elapsed = images_done.value, time.perf_counter() - started
+            logger.info(
+                "featurization: %d / %d images (%.0f%%), %.1f images/s",
+                done,
+                total,
+                100.0 * done / total if total else 100.0,
+                done / elapsed,
+            )
+
+    reporter = threading.Thread(target=report, name="featurization-progress", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        reporter.join()
 
 
 def extract_features(
@@ -128,8 +163,10 @@ def extract_features(
         intra_op_threads=int(featurization["intra_op_threads"]),
         inter_op_threads=int(featurization["inter_op_threads"]),
     )
-    featurize = make_featurizer(weights, settings)
-    partitions = _partitions(image_binaries, featurization.get("partitions"))
+    images = image_binaries.count()
+    partitions = _partitions(images, spark.sparkContext.defaultParallelism, featurization)
+    images_done = spark.sparkContext.accumulator(0)
+    featurize = make_featurizer(weights, settings, images_done)
     results = (
         image_binaries.repartition(partitions)
         .select("path", "label", featurize(F.col("content")).alias("result"))
@@ -140,9 +177,11 @@ def extract_features(
     # An image outside any class folder has features but no label: useless for the app, so it
     # is quarantined with its reason rather than written without a label.
     usable = F.col("features").isNotNull() & F.col("label").isNotNull()
-    counts = {
-        row["usable"]: row["count"] for row in results.groupBy(usable.alias("usable")).count().collect()
-    }
+    with progress_log(images_done, images):
+        counts = {
+            row["usable"]: row["count"]
+            for row in results.groupBy(usable.alias("usable")).count().collect()
+        }
     featurized, quarantined = counts.get(True, 0), counts.get(False, 0)
     seconds = time.perf_counter() - started
     logger.info(
@@ -172,4 +211,3 @@ def extract_features(
         "seconds": round(seconds, 3),
     }
     return image_features, image_quarantine, info
-

@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["image_binaries", "params:featurization"],
                 outputs=["image_features", "image_quarantine", "featurization_info"],
                 name="extract_features",
-                tags=["featurization"],
             ),
-        ]
+        ],
+        tags=["featurization"],
     )

@@ -29,7 +29,8 @@ def label_from_path(path: Column, root: str) -> Column:
 
 
 def label_images(raw_images: DataFrame, ingestion: dict[str, Any]) -> DataFrame:
-    """Adds the label to Spark's ``binaryFile`` rows: path, label, length, modificationTime, content.
+    """Adds the label to Spark's ``binaryFile`` rows (path, label, length, modificationTime,
+    content).
 
     Every file listed is kept, labelled or not, so that the featurization can account for each.
     """

@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["raw_images", "params:ingestion"],
                 outputs="image_binaries",
                 name="label_images",
-                tags=["ingestion"],
             ),
-        ]
+        ],
+        tags=["ingestion"],
     )

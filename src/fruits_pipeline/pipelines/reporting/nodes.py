@@ -1,0 +1,104 @@
+"""Nodes of the ``reporting`` pipeline: small, driver-side summaries of the run's outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+# A scatter of more points than this says nothing more; a sample keeps the driver light.
+SCATTER_POINTS = 20_000
+
+
+def plot_images_per_class(pipeline_metrics: dict[str, Any]) -> Figure:
+    """Horizontal bars: featurized images per class."""
+    per_class = sorted(pipeline_metrics["images_per_class"].items(), key=lambda item: item[1])
+    figure = Figure(figsize=(8, max(3.0, 0.25 * len(per_class) + 1)))
+    axes = figure.subplots()
+    axes.barh([label for label, _ in per_class], [count for _, count in per_class], color="#6baed6")
+    axes.set_xlabel("images featurized")
+    axes.set_title(
+        f"{pipeline_metrics['images_featurized']} images in {len(per_class)} classes "
+        f"({pipeline_metrics['images_quarantined']} quarantined)"
+    )
+    return figure
+
+
+def plot_pca_scatter(pca_features: DataFrame, pca_selection: dict[str, Any]) -> Figure:
+    """The images on the first two principal components, one colour per class."""
+    total = pca_features.count()
+    sample = (
+        pca_features
+        if total <= SCATTER_POINTS
+        else pca_features.sample(SCATTER_POINTS / total, seed=0)
+    )
+    components = vector_to_array("pca_features")
+    rows = sample.select("label", components[0].alias("pc1"), components[1].alias("pc2")).collect()
+    ratios = pca_selection["explained_variance_ratio"]
+    figure = Figure(figsize=(8, 6))
+    axes = figure.subplots()
+    labels = sorted({row["label"] for row in rows})
+    palette = colormaps["tab20"].resampled(max(len(labels), 1))
+    for index, label in enumerate(labels):
+        points = np.array([(row["pc1"], row["pc2"]) for row in rows if row["label"] == label])
+        axes.scatter(points[:, 0], points[:, 1], s=8, alpha=0.7, color=palette(index), label=label)
+    axes.set_xlabel(f"PC 1 ({ratios[0]:.1%} of the variance)")
+    axes.set_ylabel(f"PC 2 ({ratios[1]:.1%} of the variance)")
+    axes.set_title(f"{len(rows)} of {total} images on the first two principal components")
+    if len(labels) <= 30:
+        axes.legend(fontsize="small", markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return figure
+
+
+def write_run_report(
+    pipeline_metrics: dict[str, Any],
+    image_quarantine: DataFrame,
+    featurization_info: dict[str, Any],
+    pca_selection: dict[str, Any],
+) -> str:
+    """A one-page Markdown report: counts, quarantine, k, variance, timings, weights, versions."""
+    reasons = (
+        image_quarantine.groupBy("error_class", "reason")
+        .count()
+        .orderBy(F.desc("count"))
+        .limit(20)
+        .collect()
+    )
+    metrics = pipeline_metrics
+    featurize_seconds = featurization_info["seconds"]
+    lines = [
+        "# fruits-pipeline run report",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| images listed | {metrics['images_in']} |",
+        f"| images featurized | {metrics['images_featurized']} ({metrics['classes']} classes) |",
+        f"| images quarantined | {metrics['images_quarantined']} |",
+        f"| principal components kept (k) | {metrics['k']} of {metrics['feature_dim']} |",
+        f"| variance explained | {metrics['variance_explained']:.2%} "
+        f"(threshold {metrics['variance_threshold']:.0%}) |",
+        f"| featurization | {featurize_seconds:.1f} s, "
+        f"{(metrics['images_in'] / featurize_seconds) if featurize_seconds else 0:.1f} images/s, "
+        f"{featurization_info['partitions']} partitions |",
+        f"| PCA spectrum fit | {pca_selection['seconds']:.1f} s |",
+        f"| weights | `{metrics['weights_source']}` |",
+        f"| weights sha256 | `{metrics['weights_sha256']}` |",
+        "",
+        "## Quarantine",
+        "",
+    ]
+    if reasons:
+        lines += ["| error | reason | images |", "| --- | --- | ---: |"]
+        lines += [f"| {row['error_class']} | {row['reason']} | {row['count']} |" for row in reasons]
+    else:
+        lines.append("No image was quarantined.")
+    lines += ["", "## Images per class", "", "| class | images |", "| --- | ---: |"]
+    lines += [f"| {label} | {count} |" for label, count in metrics["images_per_class"].items()]
+    lines += ["", "## Library versions", "", "| library | version |", "| --- | --- |"]
+    lines += [f"| {name} | {version} |" for name, version in metrics["library_versions"].items()]
+    return "\n".join(lines) + "\n"
