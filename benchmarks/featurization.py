@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FRUITS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 DEFAULT_IMAGES = SHARED_DATA / "fruits-360-sample"
@@ -96,7 +98,9 @@ def raw_child(images_dir: str, weights: str, result_file: str) -> None:
     )
 
 
-def pipeline_child(project: str, images_dir: str, weights: str, result_file: str) -> None:
+def pipeline_child(
+    project: str, images_dir: str, weights: str, extra_params: str, result_file: str
+) -> None:
     """The three pipelines through Kedro and Spark, one session each, in this one process."""
     started = time.perf_counter()
     from kedro.framework.session import KedroSession
@@ -104,6 +108,13 @@ def pipeline_child(project: str, images_dir: str, weights: str, result_file: str
 
     bootstrap_project(Path(project))
     params = {"raw_images_path": images_dir, "featurization": {"weights": weights}}
+    for assignment in filter(None, extra_params.split(",")):
+        key, value = assignment.split("=", 1)
+        *parents, leaf = key.split(".")
+        target = params
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
     stages = {}
     for name in ("ingestion", "featurization", "dimensionality_reduction"):
         stage_started = time.perf_counter()
@@ -193,21 +204,30 @@ def make_project(target: Path) -> Path:
 # ----------------------------------------------------------------------------- main
 
 
-def measure(size: int, images: Path, weights: Path, workdir: Path) -> dict:
+def measure(
+    size: int, images: Path, weights: Path, workdir: Path, *, params: str, with_raw: bool
+) -> dict:
     image_dir = workdir / f"images-{size}"
     replicate_images(images, image_dir, size)
-    raw, raw_memory = run_child("raw", str(image_dir), str(weights))
+    if with_raw:
+        raw, raw_memory = run_child("raw", str(image_dir), str(weights))
+    else:
+        raw, raw_memory = (
+            {"raw_img_s": float("nan"), "raw_batch_size": None, "raw_trials_img_s": {}},
+            None,
+        )
     project = make_project(workdir / f"project-{size}")
-    stages, memory = run_child("pipeline", str(project), str(image_dir), str(weights))
+    stages, memory = run_child("pipeline", str(project), str(image_dir), str(weights), params)
     pipeline_img_s = size / stages["to_features"]
     return {
         "images": size,
         "raw_img_s": round(raw["raw_img_s"], 2),
         "raw_batch_size": raw["raw_batch_size"],
         "raw_trials_img_s": {str(k): round(v, 2) for k, v in raw["raw_trials_img_s"].items()},
-        "raw_peak_mb": round(raw_memory.driver_peak_mb, 1),
+        "raw_peak_mb": round(raw_memory.driver_peak_mb, 1) if raw_memory else None,
         "pipeline_img_s": round(pipeline_img_s, 2),
         "ratio": round(pipeline_img_s / raw["raw_img_s"], 3),
+        "params": params,
         "ingestion_s": round(stages["ingestion"], 2),
         "featurize_s": round(stages["featurization"], 2),
         "to_features_s": round(stages["to_features"], 2),
@@ -222,8 +242,6 @@ def measure(size: int, images: Path, weights: Path, workdir: Path) -> dict:
 
 
 def environment() -> dict:
-    import yaml
-
     from fruits_pipeline.run_info import library_versions
 
     return {
@@ -282,12 +300,30 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results.json", help="JSON file to write")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of real images")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="MobileNetV2 weights")
+    parser.add_argument(
+        "--params",
+        default="",
+        help="extra runtime parameters for the pipeline, as for kedro run "
+        "(e.g. featurization.inference_batch_size=32)",
+    )
+    parser.add_argument(
+        "--no-raw", action="store_true", help="skip the plain-Keras measurement (tuning runs)"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as workdir:
         for size in sizes:
-            results.append(measure(size, Path(args.images), Path(args.weights), Path(workdir)))
+            results.append(
+                measure(
+                    size,
+                    Path(args.images),
+                    Path(args.weights),
+                    Path(workdir),
+                    params=args.params,
+                    with_raw=not args.no_raw,
+                )
+            )
             print(json.dumps(results[-1]), flush=True)
     report = {"environment": environment(), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
