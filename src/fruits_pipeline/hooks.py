@@ -38,15 +38,22 @@ def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
     return spark
 
 
+def _datasets_read(pipeline: Pipeline) -> list[str]:
+    """The datasets a run starts from (its free inputs that are not parameters)."""
+    return sorted(
+        name
+        for name in pipeline.inputs()
+        if not name.startswith("params:") and name != "parameters"
+    )
+
+
 def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
     """Fails before any Spark work when the settings are invalid, or the images or the model
     weights cannot be had."""
     reduces = DIMENSIONALITY_REDUCTION_PARAMS in pipeline.inputs()
     if reduces:
         check_threshold(catalog.load(DIMENSIONALITY_REDUCTION_PARAMS)["variance_threshold"])
-    for name in sorted(pipeline.inputs()):
-        if name.startswith("params:") or name == "parameters":
-            continue
+    for name in _datasets_read(pipeline):
         dataset = catalog.get(name)
         if not isinstance(dataset, ImageFolderDataset):
             continue
@@ -67,17 +74,15 @@ def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
 
 def check_intermediate_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
     """Says which earlier pipeline to run when a partial run's input has not been written."""
-    for name in sorted(pipeline.inputs()):
-        if name.startswith("params:") or name == "parameters":
-            continue
-        if isinstance(catalog.get(name), ImageFolderDataset):
+    for name in _datasets_read(pipeline):
+        dataset = catalog.get(name)
+        if isinstance(dataset, ImageFolderDataset):
             continue
         if not catalog.exists(name):
             raise MissingInputError(
-                f"Input dataset {name!r} of this run has not been written yet "
-                f"({catalog.get(name)}). Run the pipeline that produces it first "
-                "(`kedro run --pipeline ingestion`, then `featurization`), or run everything "
-                "with `kedro run`."
+                f"Input dataset {name!r} of this run has not been written yet ({dataset}). "
+                "Run the pipeline that produces it first (`kedro run --pipelines ingestion`, "
+                "then `featurization`), or run everything with `kedro run`."
             )
 
 
