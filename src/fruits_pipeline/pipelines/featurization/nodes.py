@@ -52,7 +52,7 @@ class WorkerSettings:
 
 
 # Per Python worker process: weights sha256 -> model holding those weights.
-_WORKER_MODELS: dict[int, Any] = {}
+_WORKER_MODELS: dict[str, Any] = {}
 
 
 def _worker_model(weights: Broadcast, settings: WorkerSettings):
