@@ -7,13 +7,16 @@ Tests that need it fail, never skip, when it is missing.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -94,13 +97,36 @@ def spark():
     session.stop()
 
 
-def make_project_copy(target: Path) -> Path:
+def make_project_copy(target: Path, with_sources: bool = False) -> Path:
     """A throw-away copy of the project (conf/, pyproject.toml, src/, an empty data/ tree), so
-    that a run writes its outputs there and not into the checkout."""
+    that a run writes its outputs there and not into the checkout.
+
+    Its emr environment is the shipped one with tests/s3_local/spark.yml merged over its Spark
+    settings (local Spark, hadoop-aws, the S3 endpoint of $AWS_ENDPOINT_URL): the catalog and
+    globals are exactly those the cluster reads. ``with_sources`` copies src/ and the README too,
+    for `kedro package`."""
     shutil.copytree(PROJECT_ROOT / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
     (target / "conf" / "local").mkdir()
+    emr_spark = target / "conf" / "emr" / "spark.yml"
+    emr_spark.write_text(
+        yaml.safe_dump(
+            {
+                **yaml.safe_load(emr_spark.read_text()),
+                **yaml.safe_load((PROJECT_ROOT / "tests" / "s3_local" / "spark.yml").read_text()),
+            },
+            sort_keys=False,
+        )
+    )
     shutil.copy2(PROJECT_ROOT / "pyproject.toml", target / "pyproject.toml")
-    (target / "src").mkdir()  # Kedro checks it exists; the package itself is installed
+    if with_sources:
+        shutil.copytree(
+            PROJECT_ROOT / "src",
+            target / "src",
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        )
+        shutil.copy2(PROJECT_ROOT / "README.md", target / "README.md")
+    else:
+        (target / "src").mkdir()  # Kedro checks it exists; the package itself is installed
     for layer in sorted((PROJECT_ROOT / "data").iterdir()):
         (target / "data" / layer.name).mkdir(parents=True)
     return target
@@ -126,9 +152,9 @@ def kedro_process(project: Path, *args: str, timeout: int = 300) -> subprocess.C
     )
 
 
-def kedro(project: Path, *args: str) -> str:
+def kedro(project: Path, *args: str, exit_code: int = 0) -> str:
     """Runs Kedro's CLI in ``project``, in this process (so it shares the test session's
-    SparkSession), and returns its output; fails the test on a non-zero exit."""
+    SparkSession), and returns its output; fails the test on another exit code."""
     from click.testing import CliRunner
     from kedro.framework.cli.cli import KedroCLI
 
@@ -140,11 +166,65 @@ def kedro(project: Path, *args: str) -> str:
         )
     finally:
         os.chdir(cwd)
-    if result.exit_code != 0:
+    if result.exit_code != exit_code:
         raise AssertionError(
             f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{result.output}"
         ) from result.exception
     return result.output
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 and EMR APIs on 127.0.0.1 for the whole session. The AWS SDKs of this process
+    and of every process it starts (boto3, s3fs, Hadoop's S3A through the emr environment) find
+    it through AWS_ENDPOINT_URL, with throw-away credentials."""
+    from moto.server import ThreadedMotoServer
+
+    # One line per request otherwise, in every failure report.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "moto-testing",
+        "AWS_SECRET_ACCESS_KEY": "moto-testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
+    saved = {name: os.environ.get(name) for name in aws}
+    os.environ.update(aws)
+    yield aws["AWS_ENDPOINT_URL"]
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch) -> str:
+    """A new empty bucket on moto, made the emr environment's bucket (FRUITS_S3_BUCKET)."""
+    import boto3
+
+    name = f"fruits-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    monkeypatch.setenv("FRUITS_S3_BUCKET", name)
+    monkeypatch.setenv("FRUITS_S3_PREFIX", "fruits-pipeline")
+    return name
+
+
+@pytest.fixture(scope="session")
+def tiny_image_set(sample_images: Path, tmp_path_factory) -> Path:
+    """Three images of every training class: the S3 runs go over HTTP, keep them small."""
+    root = tmp_path_factory.mktemp("fruits-360-tiny")
+    for class_dir in sorted((sample_images / "Training").glob("*")):
+        (root / class_dir.name).mkdir()
+        for image in sorted(class_dir.glob("*.jpg"))[:3]:
+            shutil.copy2(image, root / class_dir.name / image.name)
+    return root
 
 
 def run_params(images: Path, weights: Path) -> str:

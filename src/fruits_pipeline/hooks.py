@@ -6,7 +6,9 @@ import logging
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
+import fsspec
 from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
@@ -25,6 +27,13 @@ DIMENSIONALITY_REDUCTION_PARAMS = "params:dimensionality_reduction"
 
 class MissingInputError(RuntimeError):
     """A partial run needs a dataset that an earlier pipeline has not written yet."""
+
+
+class MissingBucketError(RuntimeError):
+    """A dataset of the run lives in an S3 bucket that does not exist or cannot be reached."""
+
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
 
 
 def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
@@ -72,6 +81,38 @@ def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
         load_feature_extractor(resolve_weights(weights_source))
 
 
+def s3_buckets(catalog_config: dict[str, Any], dataset_names: set[str]) -> dict[str, list[str]]:
+    """The S3 buckets the given datasets read or write, each with the datasets that use it."""
+    buckets: dict[str, list[str]] = {}
+    for name in sorted(dataset_names):
+        entry = catalog_config.get(name) or {}
+        location = urlsplit(str(entry.get("filepath") or entry.get("path") or ""))
+        if location.scheme in S3_SCHEMES:
+            buckets.setdefault(location.netloc, []).append(name)
+    return buckets
+
+
+def check_buckets(buckets: dict[str, list[str]], env: str) -> None:
+    """Fails before any Spark work when a bucket of the run does not exist or cannot be reached
+    with the current credentials (AWS default chain)."""
+    if not buckets:
+        return
+    s3 = fsspec.filesystem("s3")
+    for bucket, datasets in buckets.items():
+        try:
+            reachable, reason = s3.exists(bucket), "it does not exist"
+        except Exception as error:  # noqa: BLE001 - any failure is reported with its cause
+            reachable, reason = False, f"{type(error).__name__}: {error}"
+        if not reachable:
+            raise MissingBucketError(
+                f"S3 bucket {bucket!r}, used by {', '.join(datasets)}, cannot be used: {reason} "
+                "or the current AWS credentials cannot reach it. Set FRUITS_S3_BUCKET (and "
+                f"FRUITS_S3_PREFIX), read by conf/{env}/globals.yml, to a bucket you can write "
+                f"to, or create it (aws s3 mb s3://{bucket}); credentials come from the AWS "
+                "default chain (environment, ~/.aws, instance profile)."
+            )
+
+
 def check_intermediate_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
     """Says which earlier pipeline to run when a partial run's input has not been written."""
     for name in _datasets_read(pipeline):
@@ -92,15 +133,20 @@ class SparkHooks:
 
     def __init__(self) -> None:
         self._spark_config: dict[str, Any] = {}
+        self._catalog_config: dict[str, Any] = {}
+        self._env = "local"
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._spark_config = dict(context.config_loader["spark"])
+        self._catalog_config = dict(context.config_loader["catalog"])
+        self._env = context.env or "local"
 
     @hook_impl
     def before_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
+        check_buckets(s3_buckets(self._catalog_config, pipeline.datasets()), self._env)
         check_pipeline_inputs(pipeline, catalog)
         spark = create_spark_session(self._spark_config)
         logger.info(

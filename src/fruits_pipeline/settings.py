@@ -4,11 +4,12 @@ See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the def
 """
 
 from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
 
 from fruits_pipeline.hooks import SparkHooks
 
 # SparkHooks builds the SparkSession from conf/<env>/spark.yml when a pipeline run starts,
-# after checking that the run's inputs (images, weights) can be had.
+# after checking that the run's inputs (images, weights, S3 buckets) can be had.
 HOOKS = (SparkHooks(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
@@ -18,5 +19,10 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {
         "spark": ["spark*", "spark*/**"],
         "globals": ["globals*", "globals*/**"],
+        # The EMR cluster definition read by `kedro emr ...` (conf/emr/cluster.yml).
+        "cluster": ["cluster*", "cluster*/**"],
     },
+    # conf/emr/globals.yml takes the bucket and prefix from FRUITS_S3_BUCKET/FRUITS_S3_PREFIX:
+    # one setting for every S3 path, and none of them hard-coded in the repository.
+    "custom_resolvers": {"oc.env": oc.env},
 }

@@ -22,10 +22,18 @@ POINTER = "_COMMITTED"
 class VersionedFolder:
     """The version folders of one dataset path and the pointer that names the committed one."""
 
-    def __init__(self, path: str, credentials: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path.rstrip("/")
-        # fsspec maps s3a:// (the scheme Spark's S3A connector wants) to s3fs as well.
-        self._fs, self._fs_path = fsspec.core.url_to_fs(self.path, **(credentials or {}))
+        # fsspec maps s3a:// (the scheme Spark's S3A connector wants) to s3fs as well; fs_args
+        # reach the filesystem as in kedro-datasets (e.g. s3_additional_kwargs for encryption).
+        self._fs, self._fs_path = fsspec.core.url_to_fs(
+            self.path, **(credentials or {}), **(fs_args or {})
+        )
 
     def new_version(self) -> str:
         """A fresh, sortable version name; nothing is written yet."""

@@ -24,9 +24,10 @@ class CommittedSparkDataset(AbstractDataset[DataFrame, DataFrame]):
         load_args: dict[str, Any] | None = None,
         save_args: dict[str, Any] | None = None,
         credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self._folder = VersionedFolder(str(filepath), credentials)
+        self._folder = VersionedFolder(str(filepath), credentials, fs_args)
         self._file_format = file_format
         self._load_args = load_args or {}
         self._save_args = save_args or {}

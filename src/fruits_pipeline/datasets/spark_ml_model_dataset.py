@@ -19,9 +19,10 @@ class SparkMLModelDataset(AbstractDataset[PipelineModel, PipelineModel]):
         *,
         filepath: str,
         credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self._folder = VersionedFolder(str(filepath), credentials)
+        self._folder = VersionedFolder(str(filepath), credentials, fs_args)
         self.metadata = metadata
 
     def load(self) -> PipelineModel:

@@ -1,0 +1,224 @@
+"""Project commands added to Kedro's CLI: ``kedro emr ...`` deploys and runs the pipelines on
+AWS EMR. Each command reads the same configuration as ``kedro run --env emr``: the bucket and
+prefix of conf/emr/globals.yml and the cluster definition of conf/emr/cluster.yml."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import click
+from botocore.exceptions import ClientError
+from kedro.framework.cli.project import run
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import ProjectMetadata, bootstrap_project
+from omegaconf import OmegaConf
+
+from fruits_pipeline import __version__
+from fruits_pipeline.emr.cluster import (
+    TERMINAL_STEP_STATES,
+    Release,
+    cluster_request,
+    pipeline_step,
+    security_configuration,
+    step_log_uri,
+)
+from fruits_pipeline.emr.release import (
+    ReleaseNotFoundError,
+    check_release,
+    upload_images,
+    upload_release,
+)
+
+# `python -m fruits_pipeline` looks for Kedro's run command here once this module exists.
+__all__ = ["cli", "run"]
+
+MISSING_SECURITY_CONFIGURATION = ("InvalidRequestException", "ResourceNotFoundException")
+ENV_OPTION = click.option(
+    "--env", "-e", default="emr", show_default=True, help="Kedro environment to read."
+)
+SET_OPTION = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one value of conf/<env>/cluster.yml, e.g. instance_groups.core.count=4.",
+)
+CLUSTER_OPTION = click.option(
+    "--cluster-id", envvar="FRUITS_EMR_CLUSTER_ID", required=True, help="j-... (or env var)."
+)
+
+
+def _settings(metadata: ProjectMetadata, env: str, overrides: tuple[str, ...] = ()) -> dict:
+    """The environment's globals and cluster definition, overrides applied."""
+    bootstrap_project(metadata.project_path)
+    with KedroSession.create(project_path=metadata.project_path, env=env) as session:
+        config = session.load_context().config_loader
+        cluster = OmegaConf.merge(config["cluster"]["cluster"], OmegaConf.from_dotlist(overrides))
+        return {
+            "globals": dict(config["globals"]),
+            "cluster": OmegaConf.to_container(cluster, resolve=True),
+        }
+
+
+def _uploaded_release(cluster: dict[str, Any]) -> Release:
+    """This version's release on S3; a clear error before any EMR request when it is missing."""
+    release = Release.at(
+        cluster["release_uri"],
+        f"fruits_pipeline-{__version__}-py3-none-any.whl",
+        "conf-fruits_pipeline.tar.gz",
+    )
+    try:
+        check_release(release)
+    except ReleaseNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+    return release
+
+
+def _emr(cluster: dict[str, Any]):
+    # Credentials and endpoint: the AWS default chain (environment, ~/.aws, instance profile).
+    return boto3.client("emr", region_name=cluster["region"])
+
+
+@click.group(name="fruits_pipeline")
+def cli() -> None:
+    """Project commands."""
+
+
+@cli.group()
+def emr() -> None:
+    """Deploy and run the pipelines on AWS EMR, in this order: upload-images, (kedro package),
+    upload-release, create-cluster, submit, wait, terminate."""
+
+
+@emr.command("upload-images")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@ENV_OPTION
+@click.pass_obj
+def upload_images_command(metadata: ProjectMetadata, source: Path, env: str) -> None:
+    """Copy a local image folder (one sub-folder per class) to the environment's
+    raw_images_path, skipping the files already there."""
+    target = _settings(metadata, env)["globals"]["raw_images_path"]
+    uploaded, skipped = upload_images(source, target)
+    click.echo(f"{uploaded} files uploaded to {target}, {skipped} already there.")
+
+
+@emr.command("upload-release")
+@click.option(
+    "--dist",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("dist"),
+    show_default=True,
+    help="Where `kedro package` wrote the wheel and conf archive.",
+)
+@ENV_OPTION
+@click.pass_obj
+def upload_release_command(metadata: ProjectMetadata, dist: Path, env: str) -> None:
+    """Upload the wheel and conf archive of `kedro package`, and the bootstrap script."""
+    cluster = _settings(metadata, env)["cluster"]
+    try:
+        release = upload_release(
+            metadata.project_path, metadata.project_path / dist, cluster["release_uri"], __version__
+        )
+    except ReleaseNotFoundError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"Release {__version__} uploaded:\n  {release.wheel_uri}\n  {release.conf_uri}")
+
+
+@emr.command("create-cluster")
+@ENV_OPTION
+@SET_OPTION
+@click.pass_obj
+def create_cluster_command(metadata: ProjectMetadata, env: str, overrides: tuple[str, ...]) -> None:
+    """Start the cluster of conf/<env>/cluster.yml with the uploaded release installed."""
+    cluster = _settings(metadata, env, overrides)["cluster"]
+    release = _uploaded_release(cluster)
+    client = _emr(cluster)
+    try:
+        client.describe_security_configuration(Name=cluster["security_configuration"])
+    except ClientError as error:
+        # Not there yet (EMR answers InvalidRequest, some versions ResourceNotFound): create it.
+        if error.response["Error"]["Code"] not in MISSING_SECURITY_CONFIGURATION:
+            raise
+        client.create_security_configuration(
+            Name=cluster["security_configuration"], SecurityConfiguration=security_configuration()
+        )
+    cluster_id = client.run_job_flow(**cluster_request(cluster, release))["JobFlowId"]
+    click.echo(f"Cluster {cluster_id} requested. Next: export FRUITS_EMR_CLUSTER_ID={cluster_id}")
+
+
+@emr.command("submit")
+@ENV_OPTION
+@SET_OPTION
+@CLUSTER_OPTION
+@click.argument("kedro_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def submit_command(
+    metadata: ProjectMetadata,
+    env: str,
+    overrides: tuple[str, ...],
+    cluster_id: str,
+    kedro_args: tuple[str, ...],
+) -> None:
+    """Run the pipelines on the cluster as a step; extra arguments go to `kedro run`
+    (e.g. `-- --pipelines featurization`)."""
+    settings = _settings(metadata, env, overrides)
+    cluster = settings["cluster"]
+    release = _uploaded_release(cluster)
+    step = pipeline_step(cluster, release, settings["globals"]["s3_root"], kedro_args)
+    step_id = _emr(cluster).add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
+    command = " ".join(step["HadoopJarStep"]["Args"])
+    click.echo(f"Step {step_id} submitted to {cluster_id}: {command}")
+
+
+@emr.command("wait")
+@ENV_OPTION
+@CLUSTER_OPTION
+@click.option("--step-id", required=True)
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds.")
+@click.option("--poll", type=float, default=30, show_default=True, help="Seconds between checks.")
+@click.pass_obj
+def wait_command(
+    metadata: ProjectMetadata,
+    *,
+    env: str,
+    cluster_id: str,
+    step_id: str,
+    timeout: float,
+    poll: float,
+) -> None:
+    """Wait for a step to end, showing its state and where its logs are."""
+    cluster = _settings(metadata, env)["cluster"]
+    client = _emr(cluster)
+    click.echo(f"Logs: {step_log_uri(cluster['log_uri'], cluster_id, step_id)}")
+    deadline = time.monotonic() + timeout
+    state = None
+    while True:
+        status = client.describe_step(ClusterId=cluster_id, StepId=step_id)["Step"]["Status"]
+        if status["State"] != state:
+            state = status["State"]
+            click.echo(f"Step {step_id}: {state} {status.get('StateChangeReason') or ''}".strip())
+        if state in TERMINAL_STEP_STATES or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    if state != "COMPLETED":
+        failure = status.get("FailureDetails", {})
+        raise click.ClickException(
+            f"Step {step_id} is {state}"
+            + (f" after {timeout:g} s" if state not in TERMINAL_STEP_STATES else "")
+            + (f": {failure.get('Message')} ({failure.get('LogFile')})" if failure else "")
+        )
+
+
+@emr.command("terminate")
+@ENV_OPTION
+@CLUSTER_OPTION
+@click.pass_obj
+def terminate_command(metadata: ProjectMetadata, env: str, cluster_id: str) -> None:
+    """Terminate the cluster (its S3 outputs and logs stay)."""
+    client = _emr(_settings(metadata, env)["cluster"])
+    client.terminate_job_flows(JobFlowIds=[cluster_id])
+    state = client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+    click.echo(f"Cluster {cluster_id}: {state}")

@@ -1,0 +1,157 @@
+"""The EMR requests, built from the cluster definition (conf/emr/cluster.yml) and the S3
+locations of a release: pure functions from data to the boto3 call arguments, so that what is
+tested against moto's EMR API is exactly what is sent to AWS."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# EMR's view of SSE-S3 for EMRFS (s3://) writes: the cluster's logs and notebooks.
+SSE_S3_SECURITY_CONFIGURATION = {
+    "EncryptionConfiguration": {
+        "EnableInTransitEncryption": False,
+        "EnableAtRestEncryption": True,
+        "AtRestEncryptionConfiguration": {
+            "S3EncryptionConfiguration": {"EncryptionMode": "SSE-S3"}
+        },
+    }
+}
+TERMINAL_STEP_STATES = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
+
+
+@dataclass(frozen=True)
+class Release:
+    """Where one deployed release of the project lies on S3."""
+
+    wheel_uri: str
+    conf_uri: str
+    # With the conf archive, the project folder notebooks open on the cluster (%reload_kedro).
+    pyproject_uri: str
+    bootstrap_uri: str
+
+    @classmethod
+    def at(cls, release_uri: str, wheel_name: str, conf_name: str) -> Release:
+        root = release_uri.rstrip("/")
+        return cls(
+            f"{root}/{wheel_name}",
+            f"{root}/{conf_name}",
+            f"{root}/pyproject.toml",
+            f"{root}/bootstrap.sh",
+        )
+
+    def uris(self) -> tuple[str, ...]:
+        return (self.wheel_uri, self.conf_uri, self.pyproject_uri, self.bootstrap_uri)
+
+
+def _instance_group(name: str, role: str, group: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Name": name,
+        "InstanceRole": role,
+        "Market": "ON_DEMAND",
+        "InstanceType": group["instance_type"],
+        "InstanceCount": int(group["count"]),
+    }
+
+
+def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]:
+    """The ``run_job_flow`` arguments for the cluster definition and a release."""
+    instances: dict[str, Any] = {
+        "InstanceGroups": [
+            _instance_group("Primary", "MASTER", cluster["instance_groups"]["primary"]),
+            _instance_group("Core", "CORE", cluster["instance_groups"]["core"]),
+        ],
+        # Stays up between steps (for the notebook); idle auto-termination stops it.
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if cluster.get("ec2_key_name"):
+        instances["Ec2KeyName"] = cluster["ec2_key_name"]
+    if cluster.get("ec2_subnet_id"):
+        instances["Ec2SubnetId"] = cluster["ec2_subnet_id"]
+    python = f"{cluster['install_dir']}/bin/python"
+    return {
+        "Name": cluster["name"],
+        "ReleaseLabel": cluster["release_label"],
+        "LogUri": cluster["log_uri"],
+        "Applications": [{"Name": name} for name in cluster["applications"]],
+        "Instances": instances,
+        "BootstrapActions": [
+            {
+                "Name": "Install fruits-pipeline",
+                "ScriptBootstrapAction": {
+                    "Path": release.bootstrap_uri,
+                    "Args": [
+                        release.wheel_uri,
+                        str(cluster["spark_version"]),
+                        cluster["install_dir"],
+                        cluster["python"],
+                        release.conf_uri,
+                        release.pyproject_uri,
+                    ],
+                },
+            }
+        ],
+        # Spark's Python workers and driver run the bootstrap's virtualenv.
+        "Configurations": [
+            {
+                "Classification": "spark-env",
+                "Properties": {},
+                "Configurations": [
+                    {
+                        "Classification": "export",
+                        "Properties": {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python},
+                    }
+                ],
+            }
+        ],
+        "AutoTerminationPolicy": {"IdleTimeout": int(cluster["idle_timeout_seconds"])},
+        "ServiceRole": cluster["service_role"],
+        "JobFlowRole": cluster["instance_profile"],
+        "SecurityConfiguration": cluster["security_configuration"],
+        "VisibleToAllUsers": True,
+        "Tags": [{"Key": key, "Value": str(value)} for key, value in cluster["tags"].items()],
+    }
+
+
+def security_configuration() -> str:
+    return json.dumps(SSE_S3_SECURITY_CONFIGURATION)
+
+
+def pipeline_step(
+    cluster: dict[str, Any],
+    release: Release,
+    s3_root: str,
+    kedro_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The ``add_job_flow_steps`` step that runs the packaged project on the primary node:
+    ``python -m fruits_pipeline --env emr --conf-source <conf archive>``, the same entry point
+    as a local run, with the cluster's own Spark (SPARK_HOME) on YARN."""
+    bucket, _, prefix = s3_root.partition("/")
+    return {
+        "Name": "fruits-pipeline: kedro run --env emr " + " ".join(kedro_args),
+        "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {
+            "Jar": "command-runner.jar",
+            "Args": [
+                "env",
+                "SPARK_HOME=/usr/lib/spark",
+                f"FRUITS_S3_BUCKET={bucket}",
+                f"FRUITS_S3_PREFIX={prefix}",
+                f"{cluster['install_dir']}/bin/python",
+                "-m",
+                "fruits_pipeline",
+                "--env",
+                "emr",
+                "--conf-source",
+                release.conf_uri,
+                *kedro_args,
+            ],
+        },
+    }
+
+
+def step_log_uri(log_uri: str, cluster_id: str, step_id: str) -> str:
+    """Where EMR puts a step's stdout.gz and stderr.gz (a few minutes after it ends)."""
+    return f"{log_uri.rstrip('/')}/{cluster_id}/steps/{step_id}/"

@@ -1,0 +1,74 @@
+"""Checks of a complete pipeline run on S3 (moto), read back through s3fs, pandas and boto3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import s3fs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def put_encrypted(local: Path, uri: str) -> None:
+    """Uploads a file as a user would (SSE-S3), e.g. weights for a cluster without internet."""
+    s3fs.S3FileSystem(
+        skip_instance_cache=True, s3_additional_kwargs={"ServerSideEncryption": "AES256"}
+    ).put_file(str(local), uri)
+
+
+def all_objects(bucket: str) -> list[str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def assert_encrypted(bucket: str) -> int:
+    """Every object of the bucket was written with SSE-S3; returns how many there are."""
+    s3 = boto3.client("s3")
+    keys = all_objects(bucket)
+    unencrypted = [
+        key
+        for key in keys
+        if s3.head_object(Bucket=bucket, Key=key).get("ServerSideEncryption") != "AES256"
+    ]
+    assert not unencrypted, f"written without server-side encryption: {unencrypted[:5]}"
+    return len(keys)
+
+
+def assert_complete_run(bucket: str, images: Path, prefix: str = "fruits-pipeline") -> dict:
+    """The outputs a full run on ``images`` leaves under s3://bucket/prefix/; returns metrics."""
+    filesystem = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = f"{bucket}/{prefix}"
+
+    def committed(dataset: str) -> str:
+        version = filesystem.cat_file(f"{root}/{dataset}/_COMMITTED").decode().strip()
+        return f"s3://{root}/{dataset}/{version}"
+
+    image_count = sum(1 for path in images.rglob("*.jpg"))
+    classes = sorted(folder.name for folder in images.iterdir() if folder.is_dir())
+    metrics = json.loads(filesystem.cat_file(f"{root}/08_reporting/metrics.json"))
+    assert metrics["images_in"] == metrics["images_featurized"] == image_count
+    assert metrics["images_quarantined"] == 0
+    assert sorted(metrics["images_per_class"]) == classes
+
+    pca_features = pd.read_parquet(committed("07_model_output/pca_features.parquet"))
+    assert len(pca_features) == image_count
+    assert sorted(pca_features["label"].unique()) == classes
+    assert pca_features["path"].str.startswith(f"s3a://{root}/01_raw/fruits-360/").all()
+    # A Spark ML dense vector, as parquet stores it: {type: 1, values: [...]}.
+    assert {len(vector["values"]) for vector in pca_features["pca_features"]} == {metrics["k"]}
+
+    components = [f"pc_{index:03d}" for index in range(1, metrics["k"] + 1)]
+    csv_parts = filesystem.glob(committed("07_model_output/pca_features.csv") + "/part-*.csv")
+    csv = pd.concat(pd.read_csv(f"s3://{part}") for part in csv_parts)
+    assert list(csv.columns) == ["path", "label", *components]
+    assert len(csv) == image_count
+
+    for plot in ("explained_variance", "images_per_class", "pca_scatter"):
+        assert filesystem.cat_file(f"{root}/08_reporting/{plot}.png")[:8] == PNG_SIGNATURE
+    report = filesystem.cat_file(f"{root}/08_reporting/run_report.md").decode()
+    assert f"| principal components kept (k) | {metrics['k']} of 1280 |" in report
+    assert_encrypted(bucket)
+    return metrics

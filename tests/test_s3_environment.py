@@ -1,0 +1,99 @@
+"""The emr environment: the base catalog on S3 (types kept, every write encrypted), the S3A
+connector at pyspark's Hadoop version, and clear errors for a missing or unknown bucket."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyspark
+import yaml
+from kedro.config import OmegaConfigLoader
+
+from fruits_pipeline import settings
+from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy
+
+SPARK_DATASETS = {
+    "fruits_pipeline.datasets.CommittedSparkDataset",
+    "fruits_pipeline.datasets.SparkMLModelDataset",
+}
+SSE_S3 = {"s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
+
+
+def _catalog(env: str) -> dict:
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env=env, runtime_params={}, **settings.CONFIG_LOADER_ARGS
+    )
+    return {name: entry for name, entry in loader["catalog"].items() if not name.startswith("_")}
+
+
+def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    monkeypatch.setenv("FRUITS_S3_PREFIX", "team/fruits")
+    base, emr = _catalog("local"), _catalog("emr")
+    assert emr.keys() == base.keys()
+    root = "fruits-bucket/team/fruits/"
+    assert emr["raw_images"]["path"] == f"s3a://{root}01_raw/fruits-360/"
+    for name, entry in emr.items():
+        assert entry["type"] == base[name]["type"], name
+        if name == "raw_images":
+            continue
+        local_path = base[name]["filepath"].removeprefix("data/")
+        # Spark writes through Hadoop's S3A connector; the small files through s3fs.
+        scheme = "s3a" if entry["type"] in SPARK_DATASETS else "s3"
+        assert entry["filepath"] == f"{scheme}://{root}{local_path}", name
+        assert entry["fs_args"] == SSE_S3, name
+        rest = {key: value for key, value in entry.items() if key not in ("filepath", "fs_args")}
+        assert rest == {key: value for key, value in base[name].items() if key != "filepath"}
+
+
+def test_emr_spark_settings_encrypt_s3a_writes_and_use_yarn(monkeypatch):
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env="emr", runtime_params={}, **settings.CONFIG_LOADER_ARGS
+    )
+    spark = loader["spark"]
+    assert spark["spark.master"] == "yarn"
+    assert spark["spark.hadoop.fs.s3a.encryption.algorithm"] == "AES256"
+    # Base settings the environment does not replace still apply.
+    assert spark["spark.python.worker.reuse"] is True
+
+
+def test_hadoop_aws_is_at_pyspark_hadoop_version():
+    jars = Path(pyspark.__file__).parent / "jars"
+    (client_api,) = jars.glob("hadoop-client-api-*.jar")
+    hadoop_version = re.search(r"hadoop-client-api-(.+)\.jar", client_api.name).group(1)
+    local_s3 = yaml.safe_load((PROJECT_ROOT / "tests" / "s3_local" / "spark.yml").read_text())
+    assert local_s3["spark.jars.packages"] == f"org.apache.hadoop:hadoop-aws:{hadoop_version}"
+
+
+def _run_error(result) -> str:
+    assert result.returncode != 0, result.stdout
+    output = result.stdout + result.stderr
+    assert "Py4J" not in output and "at org.apache" not in output, "no JVM stack trace"
+    return " ".join(output.split())
+
+
+def test_unknown_bucket_is_a_clear_error_before_spark(tmp_path, moto_server, monkeypatch):
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "no-such-fruits-bucket")
+    project = make_project_copy(tmp_path / "project")
+    message = _run_error(kedro_process(project, "run", "--env", "emr"))
+    assert "S3 bucket 'no-such-fruits-bucket', used by" in message
+    assert "Set FRUITS_S3_BUCKET (and FRUITS_S3_PREFIX), read by conf/emr/globals.yml" in message
+    assert "SparkSession ready" not in message
+
+
+def test_missing_bucket_setting_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("FRUITS_S3_BUCKET", raising=False)
+    project = make_project_copy(tmp_path / "project")
+    message = _run_error(kedro_process(project, "run", "--env", "emr"))
+    assert "Environment variable 'FRUITS_S3_BUCKET' not found" in message
+
+
+def test_emr_environment_loads_without_spark(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    project = make_project_copy(tmp_path / "project")
+    described = kedro_process(project, "catalog", "describe-datasets", "--env", "emr")
+    assert described.returncode == 0, described.stderr
+    assert "CommittedSparkDataset" in described.stdout
+    assert "SparkSession ready" not in described.stdout + described.stderr
