@@ -141,6 +141,28 @@ def test_cluster_request_carries_the_definition(deployment):
     assert s3_encryption["S3EncryptionConfiguration"]["EncryptionMode"] == "SSE-S3"
 
 
+def test_cluster_request_terminates_when_idle_and_keeps_no_credentials(monkeypatch):
+    # moto accepts but does not return the auto-termination policy: check the request itself.
+    from kedro.config import OmegaConfigLoader
+
+    from fruits_pipeline import settings
+    from fruits_pipeline.emr.cluster import Release, cluster_request
+    from tests.conftest import PROJECT_ROOT
+
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env="emr", runtime_params={}, **settings.CONFIG_LOADER_ARGS
+    )
+    request = cluster_request(
+        loader["cluster"]["cluster"], Release.at("s3://fruits-bucket/r", "w.whl", "c.tar.gz")
+    )
+    assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True
+    assert "Ec2KeyName" not in request["Instances"]  # optional settings left out when unset
+    text = json.dumps(request).lower()
+    assert "secret" not in text and "aws_access_key" not in text
+
+
 def test_overrides_change_one_value_of_the_definition(deployment):
     created = kedro(
         deployment["project"], "emr", "create-cluster", "--set", "instance_groups.core.count=4"

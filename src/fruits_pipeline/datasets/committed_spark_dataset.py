@@ -14,7 +14,8 @@ from fruits_pipeline.datasets.committed import VersionedFolder
 class CommittedSparkDataset(AbstractDataset[DataFrame, DataFrame]):
     """Like ``spark.SparkDataset``, but a save lands in a new version folder under ``filepath``
     and becomes visible only once complete, so an interrupted run never damages the last good
-    output and a re-run never appends to it."""
+    output and a re-run never appends to it. ``credentials`` and ``fs_args`` go to the fsspec
+    filesystem that writes the pointer (e.g. ``s3_additional_kwargs`` for S3 encryption)."""
 
     def __init__(
         self,
