@@ -65,11 +65,7 @@ def _settings(metadata: ProjectMetadata, env: str, overrides: tuple[str, ...] = 
 
 def _uploaded_release(cluster: dict[str, Any]) -> Release:
     """This version's release on S3; a clear error before any EMR request when it is missing."""
-    release = Release.at(
-        cluster["release_uri"],
-        f"fruits_pipeline-{__version__}-py3-none-any.whl",
-        "conf-fruits_pipeline.tar.gz",
-    )
+    release = Release.at(cluster["release_uri"], __version__)
     try:
         check_release(release)
     except ReleaseNotFoundError as error:

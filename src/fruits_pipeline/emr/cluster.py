@@ -19,6 +19,12 @@ SSE_S3_SECURITY_CONFIGURATION = {
     }
 }
 TERMINAL_STEP_STATES = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
+# The names `kedro package` writes to dist/.
+CONF_ARCHIVE = "conf-fruits_pipeline.tar.gz"
+
+
+def wheel_name(version: str) -> str:
+    return f"fruits_pipeline-{version}-py3-none-any.whl"
 
 
 @dataclass(frozen=True)
@@ -32,11 +38,13 @@ class Release:
     bootstrap_uri: str
 
     @classmethod
-    def at(cls, release_uri: str, wheel_name: str, conf_name: str) -> Release:
+    def at(cls, release_uri: str, version: str) -> Release:
+        """The release of ``version`` under ``release_uri``, with the file names `kedro package`
+        gives the wheel and the conf archive."""
         root = release_uri.rstrip("/")
         return cls(
-            f"{root}/{wheel_name}",
-            f"{root}/{conf_name}",
+            f"{root}/{wheel_name(version)}",
+            f"{root}/{CONF_ARCHIVE}",
             f"{root}/pyproject.toml",
             f"{root}/bootstrap.sh",
         )

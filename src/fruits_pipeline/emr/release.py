@@ -8,7 +8,7 @@ from typing import Any
 
 import fsspec
 
-from fruits_pipeline.emr.cluster import Release
+from fruits_pipeline.emr.cluster import CONF_ARCHIVE, Release, wheel_name
 
 # Every object this module writes asks S3 for server-side encryption (SSE-S3).
 SSE_S3 = {"s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
@@ -35,22 +35,25 @@ def upload_images(source: Path, target_uri: str) -> tuple[int, int]:
         for path, info in filesystem.find(root, detail=True).items()
         if info.get("type") == "file"
     }
-    local_files = sorted(path for path in source.rglob("*") if path.is_file())
+    targets = {
+        path: f"{root}/{path.relative_to(source).as_posix()}"
+        for path in sorted(source.rglob("*"))
+        if path.is_file()
+    }
     to_upload = {
-        str(path): f"{root}/{path.relative_to(source).as_posix()}"
-        for path in local_files
-        if existing.get(f"{root}/{path.relative_to(source).as_posix()}") != path.stat().st_size
+        str(path): target
+        for path, target in targets.items()
+        if existing.get(target) != path.stat().st_size
     }
     if to_upload:
         # One call with lists: s3fs uploads them concurrently.
         filesystem.put(list(to_upload), list(to_upload.values()))
-    return len(to_upload), len(local_files) - len(to_upload)
+    return len(to_upload), len(targets) - len(to_upload)
 
 
-def release_files(dist: Path, version: str, package: str = "fruits_pipeline") -> tuple[Path, Path]:
+def release_files(dist: Path, version: str) -> tuple[Path, Path]:
     """The wheel and conf archive `kedro package` wrote to ``dist`` for this version."""
-    wheel = dist / f"{package}-{version}-py3-none-any.whl"
-    conf = dist / f"conf-{package}.tar.gz"
+    wheel, conf = dist / wheel_name(version), dist / CONF_ARCHIVE
     for path in (wheel, conf):
         if not path.is_file():
             raise ReleaseNotFoundError(
@@ -63,7 +66,7 @@ def upload_release(project: Path, dist: Path, release_uri: str, version: str) ->
     """Uploads the wheel, the conf archive, pyproject.toml and the bootstrap script under
     ``release_uri``."""
     wheel, conf = release_files(dist, version)
-    release = Release.at(release_uri, wheel.name, conf.name)
+    release = Release.at(release_uri, version)
     filesystem, _ = _s3(release_uri)
     bootstrap = files("fruits_pipeline.emr").joinpath("bootstrap.sh").read_bytes()
     filesystem.put_file(str(wheel), release.wheel_uri)
