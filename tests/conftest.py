@@ -67,22 +67,25 @@ def small_image_set(sample_images: Path, tmp_path_factory) -> Path:
     return root
 
 
+def project_config(env: str):
+    """The checkout's configuration for ``env``, loaded the way a Kedro session loads it
+    (settings.py: patterns, resolvers, base environment)."""
+    from kedro.config import OmegaConfigLoader
+
+    from fruits_pipeline import settings
+
+    return OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env=env, runtime_params={}, **settings.CONFIG_LOADER_ARGS
+    )
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession for the whole test session, built the way the project's hook
     builds it (conf/base/spark.yml), with two cores and a smaller driver."""
-    from kedro.config import OmegaConfigLoader
-
     from fruits_pipeline.hooks import create_spark_session
 
-    spark_config = dict(
-        OmegaConfigLoader(
-            str(PROJECT_ROOT / "conf"),
-            base_env="base",
-            default_run_env="local",
-            config_patterns={"spark": ["spark*", "spark*/**"]},
-        )["spark"]
-    )
+    spark_config = dict(project_config("local")["spark"])
     spark_config.update(
         {
             "spark.master": "local[2]",
@@ -191,26 +194,28 @@ def moto_server():
         "AWS_SECRET_ACCESS_KEY": "moto-testing",
         "AWS_DEFAULT_REGION": "eu-west-1",
     }
-    saved = {name: os.environ.get(name) for name in aws}
-    os.environ.update(aws)
-    yield aws["AWS_ENDPOINT_URL"]
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in aws.items():
+            patch.setenv(name, value)
+        yield aws["AWS_ENDPOINT_URL"]
     server.stop()
 
 
-@pytest.fixture
-def s3_bucket(moto_server, monkeypatch) -> str:
-    """A new empty bucket on moto, made the emr environment's bucket (FRUITS_S3_BUCKET)."""
+def create_bucket() -> str:
+    """A new empty bucket on the S3 API the environment points at (moto in the tests)."""
     import boto3
 
     name = f"fruits-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(
         Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
     )
+    return name
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch) -> str:
+    """A new empty bucket on moto, made the emr environment's bucket (FRUITS_S3_BUCKET)."""
+    name = create_bucket()
     monkeypatch.setenv("FRUITS_S3_BUCKET", name)
     monkeypatch.setenv("FRUITS_S3_PREFIX", "fruits-pipeline")
     return name

@@ -9,14 +9,14 @@ import boto3
 import pandas as pd
 import s3fs
 
+from fruits_pipeline.emr.release import SSE_S3
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def put_encrypted(local: Path, uri: str) -> None:
     """Uploads a file as a user would (SSE-S3), e.g. weights for a cluster without internet."""
-    s3fs.S3FileSystem(
-        skip_instance_cache=True, s3_additional_kwargs={"ServerSideEncryption": "AES256"}
-    ).put_file(str(local), uri)
+    s3fs.S3FileSystem(skip_instance_cache=True, **SSE_S3).put_file(str(local), uri)
 
 
 def all_objects(bucket: str) -> list[str]:

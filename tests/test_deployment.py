@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,7 +18,14 @@ import pytest
 import s3fs
 
 from fruits_pipeline import __version__
-from tests.conftest import kedro, kedro_process, make_project_copy
+from fruits_pipeline.emr.cluster import Release, cluster_request
+from tests.conftest import (
+    create_bucket,
+    kedro,
+    kedro_process,
+    make_project_copy,
+    project_config,
+)
 from tests.s3_outputs import assert_complete_run, assert_encrypted, put_encrypted
 
 PREFIX = "fruits-pipeline"
@@ -41,14 +47,14 @@ SUDO = '#!/bin/sh\nexec "$@"\n'
 def deployment(tmp_path_factory, moto_server):
     """A packaged, uploaded release, a cluster requested from moto's EMR, and the cluster's
     bootstrap action run on this machine into ``install_dir``."""
-    root = tmp_path_factory.mktemp("deployment")
-    bucket = f"fruits-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(
-        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
-    )
-    saved = {name: os.environ.get(name) for name in ("FRUITS_S3_BUCKET", "FRUITS_S3_PREFIX")}
-    os.environ.update(FRUITS_S3_BUCKET=bucket, FRUITS_S3_PREFIX=PREFIX)
+    bucket = create_bucket()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FRUITS_S3_BUCKET", bucket)
+        patch.setenv("FRUITS_S3_PREFIX", PREFIX)
+        yield _deploy(tmp_path_factory.mktemp("deployment"), bucket)
 
+
+def _deploy(root: Path, bucket: str) -> dict:
     project = make_project_copy(root / "project", with_sources=True)
     built = kedro_process(project, "package", timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
@@ -86,18 +92,12 @@ def deployment(tmp_path_factory, moto_server):
         check=False,
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    yield {
+    return {
         "project": project,
         "bucket": bucket,
         "cluster_id": cluster_id,
         "install_dir": install_dir,
-        "bootstrap_output": ran.stdout,
     }
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def test_cluster_request_carries_the_definition(deployment):
@@ -143,18 +143,9 @@ def test_cluster_request_carries_the_definition(deployment):
 
 def test_cluster_request_terminates_when_idle_and_keeps_no_credentials(monkeypatch):
     # moto accepts but does not return the auto-termination policy: check the request itself.
-    from kedro.config import OmegaConfigLoader
-
-    from fruits_pipeline import settings
-    from fruits_pipeline.emr.cluster import Release, cluster_request
-    from tests.conftest import PROJECT_ROOT
-
     monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
-    loader = OmegaConfigLoader(
-        str(PROJECT_ROOT / "conf"), env="emr", runtime_params={}, **settings.CONFIG_LOADER_ARGS
-    )
     request = cluster_request(
-        loader["cluster"]["cluster"], Release.at("s3://fruits-bucket/r", "w.whl", "c.tar.gz")
+        project_config("emr")["cluster"]["cluster"], Release.at("s3://fruits-bucket/r", "0.1.0")
     )
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
     assert request["Instances"]["KeepJobFlowAliveWhenNoSteps"] is True

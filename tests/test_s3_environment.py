@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pyspark
 import yaml
-from kedro.config import OmegaConfigLoader
 
-from fruits_pipeline import settings
-from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy
+from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy, project_config
 
 SPARK_DATASETS = {
     "fruits_pipeline.datasets.CommittedSparkDataset",
@@ -21,10 +19,8 @@ SSE_S3 = {"s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
 
 
 def _catalog(env: str) -> dict:
-    loader = OmegaConfigLoader(
-        str(PROJECT_ROOT / "conf"), env=env, runtime_params={}, **settings.CONFIG_LOADER_ARGS
-    )
-    return {name: entry for name, entry in loader["catalog"].items() if not name.startswith("_")}
+    catalog = project_config(env)["catalog"]
+    return {name: entry for name, entry in catalog.items() if not name.startswith("_")}
 
 
 def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
@@ -49,10 +45,7 @@ def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
 
 def test_emr_spark_settings_encrypt_s3a_writes_and_use_yarn(monkeypatch):
     monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
-    loader = OmegaConfigLoader(
-        str(PROJECT_ROOT / "conf"), env="emr", runtime_params={}, **settings.CONFIG_LOADER_ARGS
-    )
-    spark = loader["spark"]
+    spark = project_config("emr")["spark"]
     assert spark["spark.master"] == "yarn"
     assert spark["spark.hadoop.fs.s3a.encryption.algorithm"] == "AES256"
     # Base settings the environment does not replace still apply.
