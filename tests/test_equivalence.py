@@ -23,8 +23,7 @@ FEATURIZATION = {
     "arrow_batch_size": 32,
     "partitions": None,
     "images_per_partition": 64,
-    "intra_op_threads": 1,
-    "inter_op_threads": 1,
+    "inference_threads": 1,
     "max_image_pixels": 50_000_000,
 }
 

@@ -37,6 +37,80 @@ def test_preprocess_scales_to_minus_one_one_as_mobilenet_v2_expects():
     np.testing.assert_allclose(scaled, [[[[-1.0, 127 / 127.5 - 1.0, 1.0]]]], atol=1e-7)
 
 
+def test_preprocess_is_bit_for_bit_keras_preprocess_input():
+    from keras.applications.mobilenet_v2 import preprocess_input
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    np.testing.assert_array_equal(
+        mobilenet_v2.preprocess(pixels), preprocess_input(pixels.astype(np.float32))
+    )
+
+
+def _decoded(sample_images: Path, count: int) -> np.ndarray:
+    paths = sorted(sample_images.rglob("*.jpg"))[:: 2018 // count][:count]
+    return np.stack(
+        [mobilenet_v2.decode_image(path.read_bytes(), max_pixels=10**6) for path in paths]
+    )
+
+
+def test_the_exported_litert_model_gives_the_features_of_keras(sample_images, weights_file):
+    weights = mobilenet_v2.resolve_weights(str(weights_file))
+    keras_model = mobilenet_v2.load_feature_extractor(weights)
+    extractor = mobilenet_v2.FeatureExtractor(mobilenet_v2.export_litert(weights), threads=1)
+    images = _decoded(sample_images, 7)
+    expected = np.asarray(keras_model.predict_on_batch(mobilenet_v2.preprocess(images)))
+    # Batches of changing sizes, as the end of a partition gives: the buffers follow.
+    for batch in (images[:5], images[5:], images):
+        features = extractor(batch)
+        assert features.shape == (len(batch), mobilenet_v2.FEATURE_DIM)
+        assert features.dtype == np.float32
+    np.testing.assert_allclose(
+        np.concatenate([extractor(images[:5]), extractor(images[5:])]), expected, atol=1e-4
+    )
+
+
+def test_litert_export_is_cached_by_weights_and_read_back(weights_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    weights = mobilenet_v2.resolve_weights(str(weights_file))
+    cached = mobilenet_v2.litert_cache_path(weights)
+    assert cached.is_relative_to(tmp_path / "keras" / "models")
+    assert weights.sha256[:16] in cached.name
+    mobilenet_v2.export_litert.cache_clear()
+    exported = mobilenet_v2.export_litert(weights)
+    assert cached.read_bytes() == exported
+    assert [path.name for path in cached.parent.iterdir()] == [cached.name], "no staging left"
+
+    def no_keras(_):
+        raise AssertionError("a cached export must not rebuild the Keras model")
+
+    monkeypatch.setattr(mobilenet_v2, "load_feature_extractor", no_keras)
+    mobilenet_v2.export_litert.cache_clear()
+    assert mobilenet_v2.export_litert(weights) == exported
+    mobilenet_v2.export_litert.cache_clear()
+
+
+def test_workers_run_the_model_without_importing_tensorflow(sample_images, weights_file, tmp_path):
+    weights = mobilenet_v2.resolve_weights(str(weights_file))
+    model_file = tmp_path / "model.tflite"
+    model_file.write_bytes(mobilenet_v2.export_litert(weights))
+    np.save(tmp_path / "images.npy", _decoded(sample_images, 2))
+    # What a Spark Python worker runs: the featurization module and the extractor.
+    script = (
+        "import sys, numpy as np\n"
+        "from fruits_pipeline.pipelines.featurization import nodes\n"
+        "from fruits_pipeline.mobilenet_v2 import FeatureExtractor\n"
+        f"model = open({str(model_file)!r}, 'rb').read()\n"
+        f"images = np.load({str(tmp_path / 'images.npy')!r})\n"
+        "features = FeatureExtractor(model, threads=1)(images)\n"
+        "print(features.shape, sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras')))\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert output == "(2, 1280) []"
+
+
 def test_grayscale_and_transparent_images_become_rgb():
     gray = io.BytesIO()
     Image.new("L", (30, 40), 128).save(gray, format="PNG")

@@ -16,7 +16,7 @@ from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
-from fruits_pipeline.mobilenet_v2 import load_feature_extractor, resolve_weights
+from fruits_pipeline.mobilenet_v2 import export_litert, resolve_weights
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import MIN_IMAGES, check_threshold
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
             )
     if FEATURIZATION_PARAMS in pipeline.inputs():
         weights_source = catalog.load(FEATURIZATION_PARAMS)["weights"]
-        # Also loads them into the architecture on the driver, so that a corrupt file or one for
-        # another model fails here; the featurization node reuses this cached model.
-        load_feature_extractor(resolve_weights(weights_source))
+        # Also loads them into the architecture and exports the model the workers run, so that a
+        # corrupt file or one for another model fails here; the featurization node reuses it.
+        export_litert(resolve_weights(weights_source))
 
 
 def s3_buckets(catalog_config: dict[str, Any], dataset_names: set[str]) -> dict[str, list[str]]:

@@ -1,11 +1,16 @@
-"""Everything specific to the MobileNetV2 feature extractor: weights, architecture, preprocessing.
+"""Everything specific to the MobileNetV2 feature extractor: weights, architecture, preprocessing,
+and the runtime that applies it.
 
 The Spark plumbing that applies it lives in ``pipelines/featurization``; this module knows nothing
-of Spark, so the same functions serve the pipeline, the tests and the benchmark's plain-Keras
+of Spark, so the same functions serve the pipeline, the tests and the benchmark's plain-Python
 reference.
 
 The extractor is Keras' ``MobileNetV2`` (alpha 1.0) at 224x224, without its classification top and
-with global average pooling: 1280 floats an image.
+with global average pooling: 1280 floats an image. Keras builds it and loads the weights; Keras'
+own ``export(format="litert")`` turns it into a float32 LiteRT (TensorFlow Lite) model, which
+is what runs on the images: LiteRT's XNNPACK kernels run it ~3.5 times faster per core than
+TensorFlow does on CPU, with the same features (within 1e-4), and LiteRT imports in 0.1 s where
+TensorFlow and Keras take ~9 s in every Spark Python worker.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import functools
 import hashlib
 import io
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from fruits_pipeline.run_info import library_versions
 
 if TYPE_CHECKING:
     import keras
@@ -111,7 +119,10 @@ def resolve_weights(source: str) -> WeightsFile:
     if not source:
         raise WeightsUnavailableError(_how_to_provide(str(source), "the setting is empty."))
     try:
-        if source == IMAGENET:
+        if source == IMAGENET and (_keras_cache_dir() / IMAGENET_WEIGHTS_FILE).is_file():
+            # Where keras.utils.get_file would find it: no need to import TensorFlow for that.
+            local_path = str(_keras_cache_dir() / IMAGENET_WEIGHTS_FILE)
+        elif source == IMAGENET:
             import keras
 
             local_path = keras.utils.get_file(
@@ -214,19 +225,76 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
-    """Scales a batch of uint8 RGB images (N, 224, 224, 3) as MobileNetV2 expects ([-1, 1])."""
-    from keras.applications.mobilenet_v2 import preprocess_input
+    """Scales a batch of uint8 RGB images (N, 224, 224, 3) as MobileNetV2 expects ([-1, 1]).
 
-    return preprocess_input(images.astype(np.float32))
+    The arithmetic of Keras' ``mobilenet_v2.preprocess_input`` (x / 127.5 - 1 in float32), in
+    numpy so that the workers need not import Keras.
+    """
+    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
-def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
-    """Limits TensorFlow's thread pools; a no-op once TensorFlow has started executing."""
-    import tensorflow as tf
+def _exporter_versions() -> str:
+    versions = library_versions()
+    return "_".join(
+        f"{name}-{versions[name]}"
+        for name in ("keras", "tensorflow", "tensorflow-cpu")
+        if name in versions
+    )
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    except RuntimeError:
-        # Already initialised in this process (e.g. the driver in local mode): keep its pools.
-        pass
+
+def litert_cache_path(weights: WeightsFile) -> Path:
+    """Where ``export_litert`` keeps the model exported from these weights."""
+    return (
+        _keras_cache_dir()
+        / "fruits_pipeline"
+        / f"mobilenet_v2_{weights.sha256[:16]}_{_exporter_versions()}.tflite"
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def export_litert(weights: WeightsFile) -> bytes:
+    """The feature extractor holding these weights as a float32 LiteRT model (a flatbuffer).
+
+    Exporting takes ~20 s, so the model is kept under Keras' cache, named by the weights' sha256
+    and the Keras and TensorFlow versions that exported it: a later run with the same weights
+    reads it back and neither imports TensorFlow nor rebuilds the model.
+
+    Raises:
+        WeightsUnavailableError: the file is corrupt or holds another architecture's weights.
+    """
+    cached = litert_cache_path(weights)
+    if cached.is_file():
+        return cached.read_bytes()
+    model = load_feature_extractor(weights)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target then renamed: concurrent runs never read half a file.
+    with tempfile.TemporaryDirectory(dir=cached.parent) as staging:
+        exported = Path(staging) / cached.name
+        model.export(str(exported), format="litert", verbose=False)
+        os.replace(exported, cached)
+    return cached.read_bytes()
+
+
+class FeatureExtractor:
+    """Runs the exported model on batches of decoded images: uint8 (N, 224, 224, 3) -> float32
+    (N, 1280). Only LiteRT and numpy are imported, never TensorFlow."""
+
+    def __init__(self, litert_model: bytes, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._model = litert_model  # the interpreter reads the buffer in place: keep it alive
+        self._interpreter = Interpreter(model_content=litert_model, num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch_size = 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        batch = preprocess(images)
+        if len(batch) != self._batch_size:
+            # The model's batch dimension is dynamic: size the buffers for this batch.
+            self._interpreter.resize_tensor_input(self._input, batch.shape)
+            self._interpreter.allocate_tensors()
+            self._batch_size = len(batch)
+        self._interpreter.set_tensor(self._input, batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output)

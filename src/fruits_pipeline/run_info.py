@@ -12,6 +12,7 @@ LIBRARIES = (
     "tensorflow",
     "tensorflow-cpu",
     "keras",
+    "ai-edge-litert",
     "numpy",
     "pandas",
     "pyarrow",
