@@ -19,7 +19,9 @@ table and writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -349,19 +351,90 @@ def print_table(results: list[dict]) -> None:
     print(" | ".join(title for title, _ in columns))
     for result in results:
         print(" | ".join(str(result[key]) for _, key in columns))
-    if len(results) > 1:
-        first, last = results[0], results[-1]
-        growth = last["images"] / first["images"]
-        time_growth = last["to_features_s"] / first["to_features_s"]
-        print(
-            f"time from {first['images']} to {last['images']} images: x{time_growth:.2f} "
-            f"for x{growth:.0f} images (linear: x{growth:.0f})"
-        )
-        by_size = {result["images"]: result for result in results}
+    for line in steady_state(results):
+        print(line)
+    print("targets:")
+    for target in targets(results):
+        verdict = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
+        print(f"  {target['target']} {target['goal']}: {target['measured']} -> {verdict}")
+
+
+def steady_state(results: list[dict]) -> list[str]:
+    """The featurization stage's rate on the images added between the two largest sizes, where
+    the fixed costs cancel out."""
+    if len(results) < 2:
+        return []
+    smaller, larger = sorted(results, key=lambda result: result["images"])[-2:]
+    rate = (larger["images"] - smaller["images"]) / (larger["featurize_s"] - smaller["featurize_s"])
+    cores = os.cpu_count() or 1
+    return [
+        f"steady state, featurization stage from {smaller['images']} to {larger['images']} "
+        f"images: {rate:.1f} images/s, {rate / cores:.1f} per core, "
+        f"{rate / larger['raw_img_s']:.2f} x raw"
+    ]
+
+
+def targets(results: list[dict]) -> list[dict]:
+    """The issue's targets against this run's figures (met is None where the sizes or the raw
+    measurement needed are missing)."""
+    by_size = {result["images"]: result for result in results}
+    largest = by_size[max(by_size)]
+    ratio = largest["ratio"]
+
+    def target(name: str, goal: str, measured, met) -> dict:
+        return {"target": name, "goal": goal, "measured": measured, "met": met}
+
+    checks = [
+        target(
+            f"pipeline/raw at {largest['images']} images, cold start included",
+            ">= 0.9",
+            ratio,
+            None if math.isnan(ratio) else ratio >= 0.9,  # NaN without the raw measurement
+        ),
+        target(
+            f"pipeline images/s per core at {largest['images']} images",
+            ">= 60",
+            largest["per_core_img_s"],
+            largest["per_core_img_s"] >= 60,
+        ),
+        target(
+            f"PCA pipeline / featurization at {largest['images']} images",
+            "<= 0.10",
+            largest["pca_share_of_featurize"],
+            largest["pca_share_of_featurize"] <= 0.10,
+        ),
+    ]
+    for key in ("driver_peak_mb", "worker_peak_mb"):
+        growth = None
         if 2048 in by_size and 8192 in by_size:
-            for key in ("driver_peak_mb", "worker_peak_mb"):
-                change = by_size[8192][key] / by_size[2048][key] - 1
-                print(f"{key} growth from 2,048 to 8,192 images: {change:+.1%}")
+            growth = round(by_size[8192][key] / by_size[2048][key] - 1, 3)
+        checks.append(
+            target(
+                f"{key} growth from 2,048 to 8,192 images",
+                "<= +0.20",
+                growth,
+                None if growth is None else growth <= 0.20,
+            )
+        )
+    # Linear: seconds per added image alike (within 20 %) between each pair of consecutive sizes.
+    ordered = sorted(results, key=lambda result: result["images"])
+    per_image = [
+        round(
+            (larger["to_features_s"] - smaller["to_features_s"])
+            / (larger["images"] - smaller["images"]),
+            5,
+        )
+        for smaller, larger in itertools.pairwise(ordered)
+    ]
+    checks.append(
+        target(
+            "run time linear in images: seconds per added image, consecutive sizes",
+            "within 20 % of each other",
+            per_image,
+            None if len(per_image) < 2 else max(per_image) <= 1.2 * min(per_image),
+        )
+    )
+    return checks
 
 
 def main() -> None:
@@ -412,6 +485,8 @@ def main() -> None:
         "environment": environment(),
         "litert_export": {key: export[key] for key in ("seconds", "was_cached")},
         "results": results,
+        "steady_state": steady_state(results),
+        "targets": targets(results),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
