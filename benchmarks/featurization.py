@@ -8,7 +8,7 @@ replicated), then measures, each in a fresh process:
   process with one LiteRT thread per core (decoding in a thread pool, overlapped with inference),
   or one single-threaded process per core. This is the ceiling the pipeline is measured against;
 - pipeline: `ingestion`, `featurization` and `dimensionality_reduction` through Kedro and Spark
-  `local[*]` in one process, cold start (imports, JVM, TensorFlow, model build) included;
+  `local[*]` in one process, cold start (imports, JVM, Python workers, model load) included;
 
 while sampling the memory of the driver (Python + JVM) and of Spark's Python workers. It prints a
 table and writes the figures as JSON.
@@ -196,7 +196,7 @@ def pipeline_child(
             session.run(pipeline_names=[name])
         stages[name] = time.perf_counter() - stage_started
         if name == "featurization":
-            # From process start: imports, JVM, TensorFlow and model build all count.
+            # From process start: imports, JVM, Python workers and model load all count.
             stages["to_features"] = time.perf_counter() - started
     Path(result_file).write_text(json.dumps(stages))
 
@@ -334,7 +334,7 @@ def environment() -> dict:
     }
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: list[dict], steady: list[str], checks: list[dict]) -> None:
     columns = (
         ("images", "images"),
         ("raw img/s", "raw_img_s"),
@@ -351,10 +351,10 @@ def print_table(results: list[dict]) -> None:
     print(" | ".join(title for title, _ in columns))
     for result in results:
         print(" | ".join(str(result[key]) for _, key in columns))
-    for line in steady_state(results):
+    for line in steady:
         print(line)
     print("targets:")
-    for target in targets(results):
+    for target in checks:
         verdict = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
         print(f"  {target['target']} {target['goal']}: {target['measured']} -> {verdict}")
 
@@ -438,12 +438,14 @@ def targets(results: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child-raw":
-        return raw_child(*sys.argv[2:])
-    if len(sys.argv) > 1 and sys.argv[1] == "--child-pipeline":
-        return pipeline_child(*sys.argv[2:])
-    if len(sys.argv) > 1 and sys.argv[1] == "--child-export":
-        return export_child(*sys.argv[2:])
+    # The measurements run_child starts, each in a fresh process.
+    children = {
+        "--child-raw": raw_child,
+        "--child-pipeline": pipeline_child,
+        "--child-export": export_child,
+    }
+    if len(sys.argv) > 1 and sys.argv[1] in children:
+        return children[sys.argv[1]](*sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="512,2048,8192", help="comma-separated image counts")
     parser.add_argument("--out", default="benchmarks/results.json", help="JSON file to write")
@@ -456,7 +458,7 @@ def main() -> None:
         "(e.g. featurization.inference_batch_size=32)",
     )
     parser.add_argument(
-        "--no-raw", action="store_true", help="skip the plain-Keras measurement (tuning runs)"
+        "--no-raw", action="store_true", help="skip the raw measurement (tuning runs)"
     )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -490,7 +492,7 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
-    print_table(results)
+    print_table(results, report["steady_state"], report["targets"])
     print(f"written to {args.out}")
 
 

@@ -93,6 +93,11 @@ def _keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
 
 
+def _project_cache_dir() -> Path:
+    # The project's own files under Keras' cache: remote weights copies and exported models.
+    return _keras_cache_dir() / "fruits_pipeline"
+
+
 def _local_copy(uri: str) -> str:
     """Returns a local path for a weights URI; remote files are copied once, under Keras' cache.
 
@@ -104,7 +109,7 @@ def _local_copy(uri: str) -> str:
     filesystem, path = fsspec.core.url_to_fs(uri)
     if "file" in filesystem.protocol:
         return path
-    cache = _keras_cache_dir() / "fruits_pipeline" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    cache = _project_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16]
     return fsspec.open_local(
         f"filecache::{uri}", filecache={"cache_storage": str(cache), "same_names": True}
     )
@@ -118,10 +123,11 @@ def resolve_weights(source: str) -> WeightsFile:
     """
     if not source:
         raise WeightsUnavailableError(_how_to_provide(str(source), "the setting is empty."))
+    imagenet_file = _keras_cache_dir() / IMAGENET_WEIGHTS_FILE
     try:
-        if source == IMAGENET and (_keras_cache_dir() / IMAGENET_WEIGHTS_FILE).is_file():
+        if source == IMAGENET and imagenet_file.is_file():
             # Where keras.utils.get_file would find it: no need to import TensorFlow for that.
-            local_path = str(_keras_cache_dir() / IMAGENET_WEIGHTS_FILE)
+            local_path = str(imagenet_file)
         elif source == IMAGENET:
             import keras
 
@@ -244,10 +250,8 @@ def _exporter_versions() -> str:
 
 def litert_cache_path(weights: WeightsFile) -> Path:
     """Where ``export_litert`` keeps the model exported from these weights."""
-    return (
-        _keras_cache_dir()
-        / "fruits_pipeline"
-        / f"mobilenet_v2_{weights.sha256[:16]}_{_exporter_versions()}.tflite"
+    return _project_cache_dir() / (
+        f"mobilenet_v2_{weights.sha256[:16]}_{_exporter_versions()}.tflite"
     )
 
 

@@ -161,7 +161,8 @@ def extract_features(
         inference_threads=int(featurization["inference_threads"]),
     )
     images = image_binaries.count()
-    partitions = _partitions(images, spark.sparkContext.defaultParallelism, featurization)
+    slots = spark.sparkContext.defaultParallelism
+    partitions = _partitions(images, slots, featurization)
     images_done = spark.sparkContext.accumulator(0)
     featurize = make_featurizer(litert_model, settings, images_done)
     results = (
@@ -190,7 +191,6 @@ def extract_features(
     )
     # Written as one file per task slot: the small tasks that balance the model stage would
     # each start a writer for a ~1 MB file (8,192 images: 7.5 s to write 32 files, ~1.5 s for 2).
-    slots = spark.sparkContext.defaultParallelism
     image_features = results.where(usable).select("path", "label", "features").coalesce(slots)
     image_quarantine = (
         results.where(~usable)
