@@ -13,7 +13,6 @@ from fruits_pipeline.datasets import ImageFolderDataset
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     fit_pca,
     project_features,
-    select_components,
 )
 from fruits_pipeline.pipelines.featurization.nodes import extract_features
 from fruits_pipeline.pipelines.ingestion.nodes import label_images
@@ -91,7 +90,7 @@ def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_feature
     from sklearn.preprocessing import StandardScaler as SklearnScaler
 
     image_features, by_path = spark_features
-    selection = select_components(image_features, {"variance_threshold": 0.9})
+    pca_model, selection = fit_pca(image_features, {"variance_threshold": 0.9})
     features = np.stack([by_path[path] for path in sorted(by_path)]).astype(np.float64)
     # MLlib's StandardScaler divides by the sample standard deviation (n - 1).
     standardized = SklearnScaler().fit_transform(features) * np.sqrt(
@@ -110,7 +109,7 @@ def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_feature
     assert cumulative[expected_k - 1] >= 0.9 > cumulative[expected_k - 2]
 
     k = selection["k"]
-    projected = project_features(image_features, fit_pca(image_features, selection)).collect()
+    projected = project_features(image_features, pca_model).collect()
     spark_projection = np.stack(
         [
             np.asarray(row["pca_features"])

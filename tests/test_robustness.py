@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     AccountingError,
-    select_components,
+    fit_pca,
     summarize_run,
 )
 from tests.conftest import kedro, make_project_copy, parquet, run_params
@@ -137,16 +137,21 @@ def _degenerate(kind: str, rng: np.random.Generator) -> np.ndarray:
     return (base + 0.3 * np.abs(low_rank) * (base > 0)).astype(np.float32)
 
 
+def _features_frame(spark, features: np.ndarray):
+    """image_features as the featurization writes them, one image of class A per row."""
+    return spark.createDataFrame(
+        [(f"file:/x/A/{i}.jpg", "A", row.tolist()) for i, row in enumerate(features)],
+        "path string, label string, features array<float>",
+    )
+
+
 @pytest.mark.parametrize(
     "kind", ["fewer images than features", "constant columns", "duplicate images", "large offsets"]
 )
 def test_pca_equals_an_exact_svd_in_degenerate_regimes(spark, kind):
     features = _degenerate(kind, np.random.default_rng(11))
-    frame = spark.createDataFrame(
-        [(f"file:/x/A/{i}.jpg", "A", row.tolist()) for i, row in enumerate(features)],
-        "path string, label string, features array<float>",
-    )
-    selection = select_components(frame, {"variance_threshold": 0.9})
+    frame = _features_frame(spark, features)
+    _, selection = fit_pca(frame, {"variance_threshold": 0.9})
     expected = _exact_spectrum(features.astype(np.float64))
     assert np.abs(np.asarray(selection["explained_variance_ratio"]) - expected).max() <= 1e-6
     cumulative = np.cumsum(expected)
@@ -204,3 +209,44 @@ def test_features_are_null_only_for_quarantined_rows(spark, odd_run):
     project, _, _ = odd_run
     features = parquet(spark, project, "04_feature/image_features.parquet")
     assert features.where(F.col("features").isNull() | F.col("label").isNull()).count() == 0
+
+
+@pytest.mark.parametrize("kind", ["fewer images than features", "constant columns"])
+def test_the_kept_model_is_the_one_mllib_fits_with_the_chosen_k(spark, kind):
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.functions import array_to_vector
+
+    features = _degenerate(kind, np.random.default_rng(5))
+    frame = _features_frame(spark, features)
+    model, selection = fit_pca(frame, {"variance_threshold": 0.9})
+    k = selection["k"]
+    vectors = frame.withColumn("v", array_to_vector("features"))
+    reference = Pipeline(
+        stages=[
+            StandardScaler(inputCol="v", outputCol="s", withMean=True, withStd=True),
+            PCA(k=k, inputCol="s", outputCol="p"),
+        ]
+    ).fit(vectors)
+    kept_pca, reference_pca = model.stages[-1], reference.stages[-1]
+    assert kept_pca.getK() == k
+    assert (kept_pca.pc.numRows, kept_pca.pc.numCols) == (1280, k)
+    np.testing.assert_allclose(
+        kept_pca.explainedVariance.toArray(), reference_pca.explainedVariance.toArray(), atol=1e-12
+    )
+    # The two fits sum the covariance in task order: equal to rounding, each axis up to its sign.
+    signs = np.sign(np.sum(kept_pca.pc.toArray() * reference_pca.pc.toArray(), axis=0))
+    np.testing.assert_allclose(
+        kept_pca.pc.toArray() * signs, reference_pca.pc.toArray(), rtol=0, atol=1e-9
+    )
+    kept = model.transform(vectors.withColumnRenamed("v", "features_vector"))
+    kept_rows = {row["path"]: row["pca_features"].toArray() for row in kept.collect()}
+    expected = {row["path"]: row["p"].toArray() for row in reference.transform(vectors).collect()}
+    assert kept_rows.keys() == expected.keys()
+    paths = sorted(expected)
+    np.testing.assert_allclose(
+        np.stack([kept_rows[path] for path in paths]) * signs,
+        np.stack([expected[path] for path in paths]),
+        rtol=0,
+        atol=1e-8,
+    )

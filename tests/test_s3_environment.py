@@ -30,17 +30,23 @@ def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
     assert emr.keys() == base.keys()
     root = "fruits-bucket/team/fruits/"
     assert emr["raw_images"]["path"] == f"s3a://{root}01_raw/fruits-360/"
-    for name, entry in emr.items():
-        assert entry["type"] == base[name]["type"], name
+    for name, emr_entry in emr.items():
+        assert emr_entry["type"] == base[name]["type"], name
         if name == "raw_images":
             continue
-        local_path = base[name]["filepath"].removeprefix("data/")
+        entry, local = emr_entry, base[name]
+        if entry["type"] == "CachedDataset":  # kept in memory the same way, stored on S3
+            assert {k: v for k, v in entry.items() if k != "dataset"} == {
+                k: v for k, v in local.items() if k != "dataset"
+            }, name
+            entry, local = entry["dataset"], local["dataset"]
+        local_path = local["filepath"].removeprefix("data/")
         # Spark writes through Hadoop's S3A connector; the small files through s3fs.
         scheme = "s3a" if entry["type"] in SPARK_DATASETS else "s3"
         assert entry["filepath"] == f"{scheme}://{root}{local_path}", name
         assert entry["fs_args"] == SSE_S3, name
         rest = {key: value for key, value in entry.items() if key not in ("filepath", "fs_args")}
-        assert rest == {key: value for key, value in base[name].items() if key != "filepath"}
+        assert rest == {key: value for key, value in local.items() if key != "filepath"}
 
 
 def test_emr_spark_settings_encrypt_s3a_writes_and_use_yarn(monkeypatch):

@@ -18,7 +18,6 @@ ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
 NODES = (
     "label_images",
     "extract_features",
-    "select_components",
     "fit_pca",
     "project_features",
     "write_pca_csv",

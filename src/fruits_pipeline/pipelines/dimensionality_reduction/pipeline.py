@@ -7,7 +7,6 @@ from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     pca_columns,
     plot_explained_variance,
     project_features,
-    select_components,
     summarize_run,
 )
 
@@ -16,15 +15,9 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=select_components,
-                inputs=["image_features", "params:dimensionality_reduction"],
-                outputs="pca_selection",
-                name="select_components",
-            ),
-            Node(
                 func=fit_pca,
-                inputs=["image_features", "pca_selection"],
-                outputs="pca_model",
+                inputs=["image_features", "params:dimensionality_reduction"],
+                outputs=["pca_model", "pca_selection"],
                 name="fit_pca",
             ),
             Node(
@@ -35,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=pca_columns,
-                inputs="pca_features",
+                inputs=["pca_features", "pca_selection"],
                 outputs="pca_features_csv",
                 name="write_pca_csv",
             ),

@@ -85,7 +85,7 @@ def write_run_report(
         f"| featurization | {featurize_seconds:.1f} s, "
         f"{(metrics['images_in'] / featurize_seconds) if featurize_seconds else 0:.1f} images/s, "
         f"{featurization_info['partitions']} partitions |",
-        f"| PCA spectrum fit | {pca_selection['seconds']:.1f} s |",
+        f"| PCA fit (scaler + full spectrum) | {pca_selection['seconds']:.1f} s |",
         f"| weights | `{metrics['weights_source']}` |",
         f"| weights sha256 | `{metrics['weights_sha256']}` |",
         "",
