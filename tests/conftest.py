@@ -82,14 +82,13 @@ def project_config(env: str):
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession for the whole test session, built the way the project's hook
-    builds it (conf/base/spark.yml), with two cores and a smaller driver."""
+    builds it (conf/base/spark.yml), with two cores and no UI."""
     from fruits_pipeline.hooks import create_spark_session
 
     spark_config = dict(project_config("local")["spark"])
     spark_config.update(
         {
             "spark.master": "local[2]",
-            "spark.driver.memory": "3g",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.shuffle.partitions": "4",

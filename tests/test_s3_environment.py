@@ -56,6 +56,9 @@ def test_emr_spark_settings_encrypt_s3a_writes_and_use_yarn(monkeypatch):
     assert spark["spark.hadoop.fs.s3a.encryption.algorithm"] == "AES256"
     # Base settings the environment does not replace still apply.
     assert spark["spark.python.worker.reuse"] is True
+    # ...but not the local fixed heap: EMR's spark-defaults.conf keeps its driver JVM options.
+    assert spark["spark.driver.extraJavaOptions"] is None
+    assert project_config("local")["spark"]["spark.driver.extraJavaOptions"].startswith("-Xms2g")
 
 
 def test_hadoop_aws_is_at_pyspark_hadoop_version():

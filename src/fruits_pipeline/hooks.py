@@ -41,7 +41,10 @@ def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
     # Spark's Python workers must run the interpreter that runs Kedro (same packages), not
     # whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark_conf = SparkConf().setAll([(key, str(value)) for key, value in spark_config.items()])
+    # A null setting (e.g. in conf/emr/spark.yml) leaves the key to Spark's own defaults.
+    spark_conf = SparkConf().setAll(
+        [(key, str(value)) for key, value in spark_config.items() if value is not None]
+    )
     spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
