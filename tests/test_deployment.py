@@ -188,6 +188,12 @@ def test_bootstrap_action_installed_the_release_and_the_project_folder(deploymen
     assert json.loads(kernel.read_text())["argv"][0] == str(install_dir / "bin" / "python")
 
 
+def own_class_archive(deployment) -> dict[str, str]:
+    """The installed project's Spark is another set of jars, so its JVM writes its own class
+    archive: into the deployment's folder, not into the user's cache."""
+    return {"XDG_CACHE_HOME": str(deployment["install_dir"].parent / "cache")}
+
+
 def test_packaged_project_runs_locally_from_the_conf_archive(
     deployment, tiny_image_set, weights_file, tmp_path
 ):
@@ -205,7 +211,7 @@ def test_packaged_project_runs_locally_from_the_conf_archive(
             f"raw_images_path={tiny_image_set},featurization.weights={weights_file}",
         ],
         cwd=workdir,
-        env={**os.environ, "PYSPARK_PYTHON": str(python)},
+        env={**os.environ, "PYSPARK_PYTHON": str(python), **own_class_archive(deployment)},
         capture_output=True,
         text=True,
         timeout=900,
@@ -282,7 +288,7 @@ def test_submitted_step_runs_the_pipelines_on_s3(deployment, tiny_image_set, wei
     ran = subprocess.run(
         command,
         cwd=workdir,
-        env={**environment, "PYSPARK_PYTHON": python},
+        env={**environment, "PYSPARK_PYTHON": python, **own_class_archive(deployment)},
         capture_output=True,
         text=True,
         timeout=1200,

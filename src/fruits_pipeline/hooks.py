@@ -12,10 +12,11 @@ import fsspec
 from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
-from pyspark import SparkConf
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
+from fruits_pipeline.jvm_class_archive import keep_when_complete, with_class_archive
 from fruits_pipeline.mobilenet_v2 import export_litert, resolve_weights
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import MIN_IMAGES, check_threshold
 
@@ -41,11 +42,16 @@ def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
     # Spark's Python workers must run the interpreter that runs Kedro (same packages), not
     # whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    archive_to_write = None
+    if SparkContext._gateway is None:  # JVM options only count for the JVM about to start
+        spark_config, archive_to_write = with_class_archive(spark_config)
     # A null setting (e.g. in conf/emr/spark.yml) leaves the key to Spark's own defaults.
     spark_conf = SparkConf().setAll(
         [(key, str(value)) for key, value in spark_config.items() if value is not None]
     )
     spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
+    if archive_to_write is not None:
+        keep_when_complete(spark.sparkContext, archive_to_write)
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
