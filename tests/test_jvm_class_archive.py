@@ -27,7 +27,7 @@ SESSION_SCRIPT = textwrap.dedent(
         "spark.master": "local[1]",
         "spark.ui.enabled": "false",
         "spark.driver.extraJavaOptions": sys.argv[1],
-    })
+    }, write_class_archive=True)
     assert spark.range(100).selectExpr("sum(id)").first()[0] == 4950
     system = spark.sparkContext._jvm.java.lang.System
     print("CLASSPATH=" + system.getProperty("java.class.path"))
@@ -77,16 +77,20 @@ def test_cluster_masters_spark_submit_and_explicit_sharing_options_are_left_alon
         {**LOCAL, "spark.driver.extraJavaOptions": "-Xshare:off"},
         {**LOCAL, "spark.driver.extraJavaOptions": "-XX:SharedArchiveFile=/elsewhere.jsa"},
     ):
-        assert with_class_archive(config) == (config, None)
+        assert with_class_archive(config, write=True) == (config, None)
     # Under spark-submit, PySpark connects to a JVM that is already running.
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "45678")
-    assert with_class_archive(LOCAL) == (LOCAL, None)
+    assert with_class_archive(LOCAL, write=True) == (LOCAL, None)
     assert not (tmp_path / "fruits_pipeline").exists()
 
 
-def test_a_local_run_writes_the_archive_when_there_is_none_and_maps_it_after(tmp_path, monkeypatch):
+def test_a_writing_session_writes_the_archive_when_there_is_none_and_all_map_it_after(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    config, to_write = with_class_archive(LOCAL)
+    # Nothing to map, and this session does not write it: no change.
+    assert with_class_archive(LOCAL) == (LOCAL, None)
+    config, to_write = with_class_archive(LOCAL, write=True)
     assert to_write is not None and to_write.parent == jvm_class_archive.cache_dir()
     assert to_write.parent.is_relative_to(tmp_path)
     options = config["spark.driver.extraJavaOptions"]
@@ -95,14 +99,15 @@ def test_a_local_run_writes_the_archive_when_there_is_none_and_maps_it_after(tmp
     assert LOCAL["spark.driver.extraJavaOptions"] == "-Xms256m"  # the input is not changed
 
     to_write.write_bytes(b"an archive")
-    config, again = with_class_archive(LOCAL)
-    assert again is None
-    assert f"-XX:SharedArchiveFile={to_write}" in config["spark.driver.extraJavaOptions"]
+    for write in (True, False):
+        config, again = with_class_archive(LOCAL, write=write)
+        assert again is None
+        assert f"-XX:SharedArchiveFile={to_write}" in config["spark.driver.extraJavaOptions"]
 
 
 def test_an_abandoned_partial_archive_is_removed(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    _, archive = with_class_archive(LOCAL)
+    _, archive = with_class_archive(LOCAL, write=True)
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
@@ -113,7 +118,7 @@ def test_an_abandoned_partial_archive_is_removed(tmp_path, monkeypatch):
     abandoned.write_bytes(b"half an archive")
     alive = archive.with_name(f"{archive.name}.{os.getppid()}.part")
     alive.write_bytes(b"being written")
-    with_class_archive(LOCAL)
+    with_class_archive(LOCAL, write=True)
     assert not abandoned.exists()
     assert alive.exists()
 

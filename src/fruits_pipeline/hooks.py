@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import pipelines
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 from pyspark import SparkConf, SparkContext
@@ -37,14 +38,18 @@ class MissingBucketError(RuntimeError):
 S3_SCHEMES = ("s3", "s3a", "s3n")
 
 
-def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
-    """Builds (or returns the running) SparkSession with the settings of ``spark.yml``."""
+def create_spark_session(
+    spark_config: dict[str, Any], write_class_archive: bool = False
+) -> SparkSession:
+    """Builds (or returns the running) SparkSession with the settings of ``spark.yml``; a local
+    JVM maps the class archive of Spark's classes (``jvm_class_archive``), or writes it at exit
+    when there is none and ``write_class_archive``."""
     # Spark's Python workers must run the interpreter that runs Kedro (same packages), not
     # whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     archive_to_write = None
     if SparkContext._gateway is None:  # JVM options only count for the JVM about to start
-        spark_config, archive_to_write = with_class_archive(spark_config)
+        spark_config, archive_to_write = with_class_archive(spark_config, write_class_archive)
     # A null setting (e.g. in conf/emr/spark.yml) leaves the key to Spark's own defaults.
     spark_conf = SparkConf().setAll(
         [(key, str(value)) for key, value in spark_config.items() if value is not None]
@@ -157,7 +162,9 @@ class SparkHooks:
     ) -> None:
         check_buckets(s3_buckets(self._catalog_config, pipeline.datasets()), self._env)
         check_pipeline_inputs(pipeline, catalog)
-        spark = create_spark_session(self._spark_config)
+        # A run of the whole pipeline loads the classes of every stage: the archive to keep.
+        whole = set(pipelines["__default__"].nodes) <= set(pipeline.nodes)
+        spark = create_spark_session(self._spark_config, write_class_archive=whole)
         logger.info(
             "SparkSession ready: master %s, Spark %s, UI %s",
             spark.sparkContext.master,
