@@ -148,3 +148,36 @@ def test_the_first_run_keeps_a_complete_archive_that_the_next_runs_map(tmp_path)
     truncated = tmp_path / "truncated.jsa"
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     assert not jvm_class_archive.readable(java, truncated, first["CLASSPATH"])
+
+
+RUN_PARAMS = {  # as Kedro 1.x passes them to before_pipeline_run for `kedro run`
+    "tags": (),
+    "from_nodes": [],
+    "to_nodes": [],
+    "node_names": (),
+    "from_inputs": [],
+    "to_outputs": [],
+    "pipeline_names": [],
+    "namespaces": [],
+    "only_missing_outputs": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("options", "whole"),
+    [
+        ({}, True),
+        ({"pipeline_names": None}, True),
+        ({"pipeline_names": ["__default__"]}, True),
+        ({"pipeline_names": ["ingestion"]}, False),
+        ({"tags": ("reporting",)}, False),
+        ({"from_nodes": ["project_features"]}, False),
+        ({"to_nodes": ["label_images"]}, False),
+        ({"node_names": ("fit_pca",)}, False),
+        ({"only_missing_outputs": True}, False),
+    ],
+)
+def test_only_a_run_of_the_whole_pipeline_writes_the_archive(options, whole):
+    from fruits_pipeline.hooks import runs_whole_pipeline
+
+    assert runs_whole_pipeline({**RUN_PARAMS, **options}) is whole

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import fsspec
 from kedro.framework.hooks import hook_impl
-from kedro.framework.project import pipelines
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 from pyspark import SparkConf, SparkContext
@@ -141,6 +140,28 @@ def check_intermediate_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> N
             )
 
 
+# kedro run's options that run part of the pipelines.
+RUN_FILTERS = (
+    "tags",
+    "node_names",
+    "from_nodes",
+    "to_nodes",
+    "from_inputs",
+    "to_outputs",
+    "namespaces",
+    "only_missing_outputs",
+)
+
+
+def runs_whole_pipeline(run_params: dict[str, Any]) -> bool:
+    """Whether a run is the whole default pipeline (``kedro run`` without options that select
+    part of it): the run whose JVM loads every stage's classes, so the one that writes the class
+    archive. (Kedro loads only the pipelines a run names, so nodes cannot be compared with
+    ``__default__`` here.)"""
+    names = run_params.get("pipeline_names") or ["__default__"]
+    return names == ["__default__"] and not any(run_params.get(key) for key in RUN_FILTERS)
+
+
 class SparkHooks:
     """Builds the SparkSession lazily: only when a pipeline run starts, so that commands that need
     no Spark (``kedro viz``, ``kedro catalog``, ``kedro registry``) start none."""
@@ -162,9 +183,9 @@ class SparkHooks:
     ) -> None:
         check_buckets(s3_buckets(self._catalog_config, pipeline.datasets()), self._env)
         check_pipeline_inputs(pipeline, catalog)
-        # A run of the whole pipeline loads the classes of every stage: the archive to keep.
-        whole = set(pipelines["__default__"].nodes) <= set(pipeline.nodes)
-        spark = create_spark_session(self._spark_config, write_class_archive=whole)
+        spark = create_spark_session(
+            self._spark_config, write_class_archive=runs_whole_pipeline(run_params)
+        )
         logger.info(
             "SparkSession ready: master %s, Spark %s, UI %s",
             spark.sparkContext.master,
