@@ -288,10 +288,12 @@ def write_class_archive(images: Path, weights: Path) -> dict:
     from fruits_pipeline.jvm_class_archive import with_class_archive
 
     spark_config = yaml.safe_load((PROJECT_ROOT / "conf/base/spark.yml").read_text())
-    if with_class_archive(spark_config)[0] != spark_config:
-        return {"state": "already in the cache", "seconds": 0.0}
-    if with_class_archive(spark_config, write=True)[1] is None:
-        return {"state": "not used (needs Java 13+)", "seconds": 0.0}
+    mapping_config, to_write = with_class_archive(spark_config, write=True)
+    if to_write is None:
+        # Options added without one to write: the archive is there to map.
+        there = mapping_config != spark_config
+        state = "already in the cache" if there else "not used (needs Java 13+)"
+        return {"state": state, "seconds": 0.0}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fruits-bench-archive-") as workdir:
         image_dir = Path(workdir) / "images"
