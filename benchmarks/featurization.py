@@ -248,12 +248,18 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
+def child_environment() -> dict[str, str]:
+    """The environment of the benchmark's child processes: no telemetry, and Spark's Python
+    workers on this interpreter."""
+    return {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYSPARK_PYTHON": sys.executable}
+
+
 def run_child(mode: str, *args: str) -> tuple[dict, MemorySampler]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         result_file = handle.name
     child = subprocess.Popen(
         [sys.executable, __file__, f"--child-{mode}", *args, result_file],
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYSPARK_PYTHON": sys.executable},
+        env=child_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -308,7 +314,7 @@ def write_class_archive(images: Path, weights: Path) -> dict:
                 f"raw_images_path={image_dir},featurization.weights={weights}",
             ],
             cwd=make_project(Path(workdir) / "project"),
-            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYSPARK_PYTHON": sys.executable},
+            env=child_environment(),
             capture_output=True,
             text=True,
             check=False,

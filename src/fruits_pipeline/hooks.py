@@ -18,7 +18,11 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
-from fruits_pipeline.jvm_class_archive import keep_when_complete, with_class_archive
+from fruits_pipeline.jvm_class_archive import (
+    keep_when_complete,
+    local_master,
+    with_class_archive,
+)
 from fruits_pipeline.mobilenet_v2 import export_litert, resolve_weights
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import MIN_IMAGES, check_threshold
 
@@ -49,9 +53,7 @@ def local_jvm_environment(spark_config: dict[str, Any]) -> dict[str, str]:
     as many threads per call as the machine has cores, for each task: projecting 8,192 images
     on the PCA took 3.6-5.2 s instead of 1.5 s. A value the user has set is kept.
     """
-    if not str(spark_config.get("spark.master", "")).startswith("local"):
-        return {}
-    if "OMP_NUM_THREADS" in os.environ:
+    if not local_master(spark_config) or "OMP_NUM_THREADS" in os.environ:
         return {}
     return {"OMP_NUM_THREADS": str(spark_config.get("spark.task.cpus") or 1)}
 

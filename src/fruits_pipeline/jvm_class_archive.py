@@ -43,6 +43,11 @@ QUIET = "-Xlog:cds*=off"
 SHARING_OPTIONS = ("-Xshare", "SharedArchiveFile", "ArchiveClassesAtExit", "SharedClassListFile")
 
 
+def local_master(spark_config: dict[str, Any]) -> bool:
+    """Whether the session runs its tasks in the driver's own JVM (``local``, ``local[*]``...)."""
+    return str(spark_config.get("spark.master", "")).startswith("local")
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "fruits_pipeline" / "spark-class-archive"
@@ -102,7 +107,7 @@ def with_class_archive(
     options = str(spark_config.get(JAVA_OPTIONS) or "")
     java = java_executable()
     if (
-        not str(spark_config.get("spark.master", "")).startswith("local")
+        not local_master(spark_config)
         or any(option in options for option in SHARING_OPTIONS)
         or java is None
         # Under spark-submit the JVM is already running: PySpark only connects to it.
