@@ -89,13 +89,25 @@ def test_litert_export_is_cached_by_weights_and_read_back(weights_file, tmp_path
     mobilenet_v2.export_litert.cache_clear()
 
 
-def test_workers_run_the_model_without_importing_tensorflow(sample_images, weights_file, tmp_path):
+@pytest.fixture
+def model_file(weights_file, tmp_path) -> Path:
+    """The exported LiteRT model as a file, for a fresh process to read as a worker would."""
     weights = mobilenet_v2.resolve_weights(str(weights_file))
     model_file = tmp_path / "model.tflite"
     model_file.write_bytes(mobilenet_v2.export_litert(weights))
+    return model_file
+
+
+def _in_a_fresh_process(script: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_workers_run_the_model_without_importing_tensorflow(sample_images, model_file, tmp_path):
     np.save(tmp_path / "images.npy", _decoded(sample_images, 2))
     # What a Spark Python worker runs: the featurization module and the extractor.
-    script = (
+    output = _in_a_fresh_process(
         "import sys, numpy as np\n"
         "from fruits_pipeline.pipelines.featurization import nodes\n"
         "from fruits_pipeline.mobilenet_v2 import FeatureExtractor\n"
@@ -105,10 +117,24 @@ def test_workers_run_the_model_without_importing_tensorflow(sample_images, weigh
         "print(features.shape, sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'keras')))\n"
     )
-    output = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    ).stdout.strip()
     assert output == "(2, 1280) []"
+
+
+def test_a_workers_model_is_left_out_of_the_collection_after_each_task(model_file):
+    # As in a Spark Python worker: PySpark's daemon calls gc.collect() after every task, which
+    # must not scan the imports' and the model's objects again.
+    output = _in_a_fresh_process(
+        "import gc, types\n"
+        "from fruits_pipeline.pipelines.featurization import nodes\n"
+        "settings = nodes.WorkerSettings('sha', 32, 50_000_000, 1)\n"
+        f"model = types.SimpleNamespace(value=open({str(model_file)!r}, 'rb').read())\n"
+        "before = gc.get_freeze_count()\n"
+        "nodes._worker_model(model, settings)\n"
+        "print(before, gc.get_freeze_count(), len(gc.get_objects()))\n"
+    )
+    frozen_before, frozen_after, still_collected = map(int, output.split())
+    assert frozen_before == 0
+    assert frozen_after > 10_000 > 100 * still_collected
 
 
 def test_grayscale_and_transparent_images_become_rgb():
