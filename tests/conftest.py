@@ -7,6 +7,7 @@ Tests that need it fail, never skip, when it is missing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -156,7 +157,8 @@ def kedro_process(project: Path, *args: str, timeout: int = 300) -> subprocess.C
 
 def kedro(project: Path, *args: str, exit_code: int = 0) -> str:
     """Runs Kedro's CLI in ``project``, in this process (so it shares the test session's
-    SparkSession), and returns its output; fails the test on another exit code."""
+    SparkSession), and returns its output (and the error a failed run raised); fails the test
+    on another exit code."""
     from click.testing import CliRunner
     from kedro.framework.cli.cli import KedroCLI
 
@@ -172,7 +174,7 @@ def kedro(project: Path, *args: str, exit_code: int = 0) -> str:
         raise AssertionError(
             f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{result.output}"
         ) from result.exception
-    return result.output
+    return result.output + (f"\n{result.exception}" if result.exception else "")
 
 
 @pytest.fixture(scope="session")
@@ -243,6 +245,15 @@ def committed(folder: Path) -> Path:
 def parquet(spark, project: Path, dataset_folder: str):
     """A committed parquet output of a project copy, e.g. ``04_feature/image_features.parquet``."""
     return spark.read.parquet(str(committed(project / "data" / dataset_folder)))
+
+
+def image_table(spark, project: Path):
+    """The image table (Delta Lake) of a project copy: one row per image of the store."""
+    return spark.read.format("delta").load(str(project / "data" / "04_feature" / "image_features"))
+
+
+def featurization_info(project: Path) -> dict:
+    return json.loads((project / "data" / "04_feature" / "featurization_info.json").read_text())
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,9 @@ def test_cluster_request_carries_the_definition(deployment):
     assert groups == {"MASTER": ("m5.xlarge", 1), "CORE": ("m5.xlarge", 2)}
 
     python = f"{deployment['install_dir']}/bin/python"
-    (spark_env,) = cluster["Configurations"]
+    delta, spark_env = cluster["Configurations"]
+    # The image table's Delta Lake comes with the release.
+    assert delta == {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}}
     assert spark_env["Classification"] == "spark-env"
     assert spark_env["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == python
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.datasets import ImageFolderDataset
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     fit_pca,
     project_features,
 )
 from fruits_pipeline.pipelines.featurization.nodes import extract_features
-from fruits_pipeline.pipelines.ingestion.nodes import label_images
+from fruits_pipeline.pipelines.ingestion.nodes import list_changes
 
 FEATURIZATION = {
     "inference_batch_size": 16,
@@ -31,15 +32,12 @@ FEATURIZATION = {
 def spark_features(spark, small_image_set, weights_file):
     """The pipeline's features of the small image set: the Spark DataFrame and, by local path,
     the numpy vectors."""
-    image_binaries = label_images(
-        ImageFolderDataset(path=str(small_image_set)).load(),
-        {"raw_images_path": str(small_image_set)},
-    )
-    image_features, image_quarantine, info = extract_features(
-        image_binaries, {**FEATURIZATION, "weights": str(weights_file)}
-    )
-    assert image_quarantine.count() == 0
-    assert info["images_featurized"] == 13 * 12
+    store = ImageFolderDataset(path=str(small_image_set)).load()
+    feature_model = mobilenet_v2.load_feature_model(str(weights_file))
+    image_changes = list_changes(store, None, feature_model)
+    image_features, info = extract_features(image_changes, store, feature_model, FEATURIZATION)
+    assert info["images_sent_to_model"] == info["images_featurized"] == 13 * 12
+    assert info["images_quarantined"] == 0
     rows = image_features.collect()
     by_path = {
         row["path"].removeprefix("file:"): np.asarray(row["features"], dtype=np.float32)
@@ -90,7 +88,7 @@ def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_feature
     from sklearn.preprocessing import StandardScaler as SklearnScaler
 
     image_features, by_path = spark_features
-    pca_model, selection = fit_pca(image_features, {"variance_threshold": 0.9})
+    pca_model, selection = fit_pca(image_features, 0.9, "0" * 64)
     features = np.stack([by_path[path] for path in sorted(by_path)]).astype(np.float64)
     # MLlib's StandardScaler divides by the sample standard deviation (n - 1).
     standardized = SklearnScaler().fit_transform(features) * np.sqrt(

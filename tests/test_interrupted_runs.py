@@ -19,11 +19,11 @@ def _read_committed(dataset: Path):
     return version, pq.read_table(dataset / version).sort_by("path")
 
 
-def test_killed_run_keeps_the_last_good_output(project_copy, sample_images):
-    params = f"raw_images_path={sample_images}"
+def test_killed_run_keeps_the_last_good_output(project_copy, sample_images, weights_file):
+    params = f"raw_images_path={sample_images},featurization.weights={weights_file}"
     first = kedro_run(project_copy, "--pipelines", "ingestion", "--params", params)
     assert first.returncode == 0, first.stderr[-2000:]
-    dataset = project_copy / "data" / "02_intermediate" / "image_binaries.parquet"
+    dataset = project_copy / "data" / "02_intermediate" / "image_changes.parquet"
     good_version, good_table = _read_committed(dataset)
     assert good_table.num_rows == 2018
 

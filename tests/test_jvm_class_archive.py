@@ -172,7 +172,7 @@ RUN_PARAMS = {  # as Kedro 1.x passes them to before_pipeline_run for `kedro run
         ({"pipeline_names": ["ingestion"]}, False),
         ({"tags": ("reporting",)}, False),
         ({"from_nodes": ["project_features"]}, False),
-        ({"to_nodes": ["label_images"]}, False),
+        ({"to_nodes": ["list_changes"]}, False),
         ({"node_names": ("fit_pca",)}, False),
         ({"only_missing_outputs": True}, False),
     ],

@@ -1,39 +1,31 @@
 """Labels come from the folder that holds each image."""
 
+from pathlib import Path
+
 import pytest
-from pyspark.sql import functions as F
 
-from fruits_pipeline.datasets import ImageFolderDataset
-from fruits_pipeline.pipelines.ingestion.nodes import label_from_path, label_images, spark_location
+from fruits_pipeline.datasets import ImageFolderDataset, spark_location
 
 
-@pytest.mark.parametrize(
-    ("root", "path", "label"),
-    [
-        (
-            "file:/data/fruits-360",
-            "file:/data/fruits-360/Training/Apple Red 1/r_32_100.jpg",
-            "Apple Red 1",
-        ),
-        (
-            "file:/data/fruits-360/Training",
-            "file:/data/fruits-360/Training/Apple Red 1/r_32_100.jpg",
-            "Apple Red 1",
-        ),
-        (
-            "s3a://bucket/fruits",
-            "s3a://bucket/fruits/Test/Banana Lady Finger/12_100.jpg",
-            "Banana Lady Finger",
-        ),
-        ("file:/d", "file:/d/Training/Pêche Plate/é 1.jpg", "Pêche Plate"),
-        ("file:/d", "file:/d/Training/苹果/1.jpg", "苹果"),
-        ("file:/d/Training", "file:/d/Training/stray.jpg", None),
-        ("s3a://bucket/fruits", "s3a://bucket/fruits/stray.jpg", None),
-    ],
-)
-def test_label_is_the_parent_folder_name_and_none_at_the_top_level(spark, root, path, label):
-    frame = spark.createDataFrame([(path,)], ["path"])
-    assert frame.select(label_from_path(F.col("path"), root)).first()[0] == label
+def test_label_is_the_parent_folder_name_and_none_at_the_top_level(tmp_path):
+    for relative in (
+        "Training/Apple Red 1/r_32_100.jpg",
+        "Pêche Plate/é 1.jpg",
+        "苹果/1.jpg",
+        "stray.jpg",
+    ):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    labels = {
+        path.removeprefix(f"file:{tmp_path}/"): label
+        for path, label, _, _ in ImageFolderDataset(path=str(tmp_path)).list_images()
+    }
+    assert labels == {
+        "Training/Apple Red 1/r_32_100.jpg": "Apple Red 1",
+        "Pêche Plate/é 1.jpg": "Pêche Plate",
+        "苹果/1.jpg": "苹果",
+        "stray.jpg": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -53,11 +45,10 @@ def test_relative_location_resolves_from_the_working_directory(tmp_path, monkeyp
     assert spark_location("data/01_raw/fruits-360/") == f"file:{tmp_path}/data/01_raw/fruits-360"
 
 
-def test_ingestion_reads_every_image_with_its_class_folder(spark, small_image_set):
-    raw_images = ImageFolderDataset(path=str(small_image_set)).load()
-    image_binaries = label_images(raw_images, {"raw_images_path": str(small_image_set)})
-    assert image_binaries.columns == ["path", "label", "length", "modificationTime", "content"]
-    rows = image_binaries.select("path", "label", "length").collect()
+def test_the_store_is_listed_without_reading_and_read_as_spark_reads_it(spark, small_image_set):
+    store = ImageFolderDataset(path=str(small_image_set)).load()
+    assert store.listing.columns == ["path", "label", "length", "modificationTime"]
+    rows = store.listing.collect()
     expected = {
         (image.parent.name, image.name): image.stat().st_size
         for image in small_image_set.rglob("*.jpg")
@@ -67,6 +58,31 @@ def test_ingestion_reads_every_image_with_its_class_folder(spark, small_image_se
         folder, name = row["path"].split("/")[-2:]
         assert row["label"] == folder
         assert expected[(folder, name)] == row["length"]
+    # The listing's paths are binaryFile's: the bytes join back on them, a few or many.
+    for wanted in (store.listing.limit(3), store.listing):
+        contents = store.contents(wanted).collect()
+        assert len(contents) == wanted.count()
+        for row in contents:
+            assert row["content"] == Path(row["path"].removeprefix("file:")).read_bytes()
+
+
+def test_names_that_hadoop_reads_as_globs_are_read_as_names(spark, small_image_set, tmp_path):
+    image = next(small_image_set.rglob("*.jpg"))
+    (tmp_path / "Odd").mkdir()
+    for name in ("a[1].jpg", "b{2}.jpg", "c*.jpg", "d?.jpg"):
+        (tmp_path / "Odd" / name).write_bytes(image.read_bytes())
+    # Few enough among the store's files to be read path by path.
+    (tmp_path / "Plain").mkdir()
+    for index in range(20):
+        (tmp_path / "Plain" / f"{index}.jpg").write_bytes(image.read_bytes())
+    store = ImageFolderDataset(path=str(tmp_path)).load()
+    contents = store.contents(store.listing.where("label = 'Odd'")).collect()
+    assert sorted(row["path"].rsplit("/", 1)[-1] for row in contents) == [
+        "a[1].jpg",
+        "b{2}.jpg",
+        "c*.jpg",
+        "d?.jpg",
+    ]
 
 
 def test_image_folder_exists_only_with_matching_files(tmp_path, small_image_set):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import IMAGES_PER_CLASS, committed, kedro, parquet, run_params
+from tests.conftest import IMAGES_PER_CLASS, committed, image_table, kedro, parquet, run_params
 
 CLASSES = 13
 
@@ -49,7 +49,7 @@ def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_imag
 
 
 def test_k_and_variance_equal_an_independent_svd(spark, finished_run):
-    features = parquet(spark, finished_run, "04_feature/image_features.parquet")
+    features = image_table(spark, finished_run)
     matrix = np.stack([np.asarray(row["features"], dtype=np.float64) for row in features.collect()])
     assert matrix.shape == (CLASSES * IMAGES_PER_CLASS, 1280)
     expected_k, expected_variance = _independent_k(matrix, 0.9)
@@ -107,7 +107,7 @@ def test_fitted_model_projects_new_features(spark, finished_run):
         filepath=str(finished_run / "data/06_models/scaler_pca_model")
     ).load()
     assert (finished_run / "data/06_models/scaler_pca_model/_COMMITTED").exists()
-    features = parquet(spark, finished_run, "04_feature/image_features.parquet")
+    features = image_table(spark, finished_run)
     saved = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
     expected = {row["path"]: row["pca_features"].toArray() for row in saved.collect()}
     for row in project_features(features.limit(5), model).collect():
@@ -129,23 +129,36 @@ def _rewritten(before: dict[str, float], after: dict[str, float], dataset: str) 
     )
 
 
+def _table_rows(spark, project: Path) -> dict[str, np.ndarray]:
+    return {
+        row["path"]: np.asarray(row["features"]) for row in image_table(spark, project).collect()
+    }
+
+
 def test_each_pipeline_runs_alone_from_the_persisted_output_before_it(
-    finished_run, small_image_set, weights_file
+    spark, finished_run, small_image_set, weights_file
 ):
     params = run_params(small_image_set, weights_file)
     metrics_file = finished_run / "data/08_reporting/metrics.json"
     first_metrics = json.loads(metrics_file.read_text())
 
-    output = kedro(finished_run, "run", "--pipelines", "dimensionality_reduction")
-    assert "Completed 5 out of 5 tasks" in output
+    output = kedro(
+        finished_run, "run", "--pipelines", "dimensionality_reduction", "--params", params
+    )
+    assert "Completed 6 out of 6 tasks" in output
     assert json.loads(metrics_file.read_text())["k"] == first_metrics["k"]
 
-    before = _outputs(finished_run)
+    before, table = _outputs(finished_run), _table_rows(spark, finished_run)
+    # Replays the persisted plan of the first run: the same rows again, none added.
     output = kedro(finished_run, "run", "--pipelines", "featurization", "--params", params)
     assert "Completed 1 out of 1 tasks" in output
     after = _outputs(finished_run)
-    assert _rewritten(before, after, "image_features")
+    assert _rewritten(before, after, "featurization_info")
     assert not _rewritten(before, after, "pca_features")
+    replayed = _table_rows(spark, finished_run)
+    assert replayed.keys() == table.keys()
+    for path, features in table.items():
+        np.testing.assert_allclose(replayed[path], features, rtol=0, atol=1e-6)
 
     output = kedro(finished_run, "run", "--pipelines", "ingestion", "--params", params)
     assert "Completed 1 out of 1 tasks" in output
@@ -155,26 +168,29 @@ def test_from_nodes_reruns_only_the_nodes_downstream(finished_run):
     before = _outputs(finished_run)
     # The saved model projects the features again: its k and axes stay.
     output = kedro(finished_run, "run", "--from-nodes", "project_features")
-    # project_features, write_pca_csv, summarize_run, and the three reporting nodes
-    assert "Completed 6 out of 6 tasks" in output
+    # project_features, write_pca_csv and plot_pca_scatter
+    assert "Completed 3 out of 3 tasks" in output
     after = _outputs(finished_run)
     assert _rewritten(before, after, "pca_features.parquet")
     assert _rewritten(before, after, "pca_features.csv")
-    assert _rewritten(before, after, "metrics.json")
+    assert _rewritten(before, after, "pca_scatter.png")
+    assert not _rewritten(before, after, "metrics.json")
     assert not _rewritten(before, after, "scaler_pca_model")
     assert not _rewritten(before, after, "pca_selection")
     assert not _rewritten(before, after, "image_features")
 
 
-def test_partial_run_without_its_input_says_which_pipeline_to_run_first(project_copy, weights_file):
-    with pytest.raises(AssertionError, match="Input dataset 'image_binaries' of this run has not"):
+def test_partial_run_without_its_input_says_which_pipeline_to_run_first(
+    project_copy, small_image_set, weights_file
+):
+    with pytest.raises(AssertionError, match="Input dataset 'image_changes' of this run has not"):
         kedro(
             project_copy,
             "run",
             "--pipelines",
             "featurization",
             "--params",
-            f"featurization.weights={weights_file}",
+            run_params(small_image_set, weights_file),
         )
 
 
@@ -185,8 +201,10 @@ def test_reports_are_written_for_people(finished_run):
             assert figure.format == "PNG" and figure.width > 400, name
     metrics = json.loads((reporting / "metrics.json").read_text())
     report = (reporting / "run_report.md").read_text()
-    assert f"| images listed | {CLASSES * IMAGES_PER_CLASS} |" in report
-    assert f"| principal components kept (k) | {metrics['k']} of 1280 |" in report
+    assert f"| images in the store | {CLASSES * IMAGES_PER_CLASS} |" in report
+    assert (
+        f"| principal components kept (k) | {metrics['k']} of 1280 (fitted in this run) |" in report
+    )
     assert "No image was quarantined." in report
     assert f"| Banana Red | {IMAGES_PER_CLASS} |" in report
     assert metrics["weights_sha256"] in report
@@ -199,7 +217,7 @@ def test_tags_to_nodes_and_only_missing_outputs_select_what_runs(
     assert "Completed 3 out of 3 tasks" in output
 
     params = run_params(small_image_set, weights_file)
-    output = kedro(finished_run, "run", "--to-nodes", "label_images", "--params", params)
+    output = kedro(finished_run, "run", "--to-nodes", "list_changes", "--params", params)
     assert "Completed 1 out of 1 tasks" in output
 
     (finished_run / "data/08_reporting/run_report.md").unlink()

@@ -19,7 +19,7 @@ from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     fit_pca,
     summarize_run,
 )
-from tests.conftest import kedro, make_project_copy, parquet, run_params
+from tests.conftest import featurization_info, image_table, kedro, make_project_copy, run_params
 from tests.odd_images import EXIF_ORIENTATION, build_odd_image_folder
 
 
@@ -41,12 +41,9 @@ def _by_relative_path(rows, images: Path) -> dict[str, dict]:
 
 def test_each_file_is_featurized_or_quarantined_with_its_reason(spark, odd_run):
     project, images, cases = odd_run
-    features = _by_relative_path(
-        parquet(spark, project, "04_feature/image_features.parquet").collect(), images
-    )
-    quarantine = _by_relative_path(
-        parquet(spark, project, "04_feature/image_quarantine.parquet").collect(), images
-    )
+    table = image_table(spark, project)
+    features = _by_relative_path(table.where("features IS NOT NULL").collect(), images)
+    quarantine = _by_relative_path(table.where("features IS NULL").collect(), images)
     assert set(features) | set(quarantine) == {case.relative_path for case in cases}
     assert not set(features) & set(quarantine)
     for case in cases:
@@ -71,11 +68,9 @@ def test_counts_add_up_in_the_metrics(odd_run):
     assert metrics["images_per_class"]["Pêche Plate"] == 1
 
 
-def test_a_rerun_gives_the_same_rows_and_features(spark, odd_run, weights_file):
+def test_a_replayed_run_changes_nothing(spark, odd_run, weights_file):
     project, images, _ = odd_run
-    before = _by_relative_path(
-        parquet(spark, project, "04_feature/image_features.parquet").collect(), images
-    )
+    before_rows = image_table(spark, project).collect()
     kedro(
         project,
         "run",
@@ -84,31 +79,23 @@ def test_a_rerun_gives_the_same_rows_and_features(spark, odd_run, weights_file):
         "--params",
         run_params(images, weights_file),
     )
-    after_rows = parquet(spark, project, "04_feature/image_features.parquet").collect()
-    after = _by_relative_path(after_rows, images)
-    assert len(after_rows) == len(after) == len(before), "no duplicated rows"
-    for path, row in before.items():
-        assert np.abs(np.asarray(after[path]["features"]) - row["features"]).max() <= 1e-6
+    assert featurization_info(project)["images_sent_to_model"] == 0
+    after_rows = image_table(spark, project).collect()
+    assert len(after_rows) == len(_by_relative_path(after_rows, images)), "no duplicated rows"
+    assert sorted(map(tuple, after_rows)) == sorted(map(tuple, before_rows))
 
 
 def test_counts_that_do_not_add_up_fail_the_run(spark):
-    listed = spark.createDataFrame([(f"file:/x/A/{i}.jpg",) for i in range(5)], ["path"])
-    pca_features = spark.createDataFrame(
-        [(f"file:/x/A/{i}.jpg", "A") for i in range(3)], ["path", "label"]
+    table = spark.createDataFrame(
+        [(f"file:/x/A/{i}.jpg", "A", [1.0]) for i in range(3)] + [("file:/x/A/3.jpg", "A", None)],
+        "path string, label string, features array<float>",
     )
-    quarantine = spark.createDataFrame([("file:/x/A/3.jpg", "A")], ["path", "label"])
-    selection = {
-        "k": 1,
-        "feature_dim": 2,
-        "variance_threshold": 0.9,
-        "variance_explained": 0.95,
-        "explained_variance_ratio": [0.95, 0.05],
-    }
-    info = {"weights_source": "w", "weights_sha256": "0" * 64, "seconds": 1.0}
     with pytest.raises(
-        AccountingError, match="5 images were listed but 3 were featurized and 1 quarantined"
+        AccountingError,
+        match="5 images are in the store but the image table holds 3 featurized and 1 "
+        "quarantined rows for 4 paths",
     ):
-        summarize_run(listed, pca_features, quarantine, info, selection)
+        summarize_run(table, {"images_in_store": 5}, {"k": 1})
 
 
 def _exact_spectrum(features: np.ndarray) -> np.ndarray:
@@ -151,7 +138,7 @@ def _features_frame(spark, features: np.ndarray):
 def test_pca_equals_an_exact_svd_in_degenerate_regimes(spark, kind):
     features = _degenerate(kind, np.random.default_rng(11))
     frame = _features_frame(spark, features)
-    _, selection = fit_pca(frame, {"variance_threshold": 0.9})
+    _, selection = fit_pca(frame, 0.9, "0" * 64)
     expected = _exact_spectrum(features.astype(np.float64))
     assert np.abs(np.asarray(selection["explained_variance_ratio"]) - expected).max() <= 1e-6
     cumulative = np.cumsum(expected)
@@ -207,8 +194,9 @@ def test_fuzz_mutated_real_images_never_crash_the_decoder(sample_images, data):
 
 def test_features_are_null_only_for_quarantined_rows(spark, odd_run):
     project, _, _ = odd_run
-    features = parquet(spark, project, "04_feature/image_features.parquet")
-    assert features.where(F.col("features").isNull() | F.col("label").isNull()).count() == 0
+    table = image_table(spark, project)
+    assert table.where(F.col("features").isNull() != F.col("reason").isNotNull()).count() == 0
+    assert table.where(F.col("features").isNotNull() & F.col("label").isNull()).count() == 0
 
 
 @pytest.mark.parametrize("kind", ["fewer images than features", "constant columns"])
@@ -219,7 +207,7 @@ def test_the_kept_model_is_the_one_mllib_fits_with_the_chosen_k(spark, kind):
 
     features = _degenerate(kind, np.random.default_rng(5))
     frame = _features_frame(spark, features)
-    model, selection = fit_pca(frame, {"variance_threshold": 0.9})
+    model, selection = fit_pca(frame, 0.9, "0" * 64)
     k = selection["k"]
     vectors = frame.withColumn("v", array_to_vector("features"))
     reference = Pipeline(

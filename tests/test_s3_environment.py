@@ -4,6 +4,7 @@ connector at pyspark's Hadoop version, and clear errors for a missing or unknown
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pyspark
@@ -11,7 +12,9 @@ import yaml
 
 from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy, project_config
 
+DELTA_DATASET = "fruits_pipeline.datasets.DeltaMergeDataset"
 SPARK_DATASETS = {
+    DELTA_DATASET,
     "fruits_pipeline.datasets.CommittedSparkDataset",
     "fruits_pipeline.datasets.SparkMLModelDataset",
 }
@@ -32,7 +35,7 @@ def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
     assert emr["raw_images"]["path"] == f"s3a://{root}01_raw/fruits-360/"
     for name, emr_entry in emr.items():
         assert emr_entry["type"] == base[name]["type"], name
-        if name == "raw_images":
+        if name in ("raw_images", "feature_model"):  # base entries, their paths from globals
             continue
         entry, local = emr_entry, base[name]
         if entry["type"] == "CachedDataset":  # kept in memory the same way, stored on S3
@@ -44,9 +47,17 @@ def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
         # Spark writes through Hadoop's S3A connector; the small files through s3fs.
         scheme = "s3a" if entry["type"] in SPARK_DATASETS else "s3"
         assert entry["filepath"] == f"{scheme}://{root}{local_path}", name
-        assert entry["fs_args"] == SSE_S3, name
-        rest = {key: value for key, value in entry.items() if key not in ("filepath", "fs_args")}
-        assert rest == {key: value for key, value in local.items() if key != "filepath"}
+        own = ("filepath", "fs_args")
+        if entry["type"] == DELTA_DATASET:  # written by S3A, encrypted by its settings
+            assert "fs_args" not in entry, name
+            assert entry["table_properties"] == {
+                "fruits.photo_store": f"s3a://{root}01_raw/fruits-360"
+            }
+            own += ("table_properties",)
+        else:
+            assert entry["fs_args"] == SSE_S3, name
+        rest = {key: value for key, value in entry.items() if key not in own}
+        assert rest == {key: value for key, value in local.items() if key not in own}
 
 
 def test_emr_spark_settings_encrypt_s3a_writes_and_use_yarn(monkeypatch):
@@ -66,7 +77,20 @@ def test_hadoop_aws_is_at_pyspark_hadoop_version():
     (client_api,) = jars.glob("hadoop-client-api-*.jar")
     hadoop_version = re.search(r"hadoop-client-api-(.+)\.jar", client_api.name).group(1)
     local_s3 = yaml.safe_load((PROJECT_ROOT / "tests" / "s3_local" / "spark.yml").read_text())
-    assert local_s3["spark.jars.packages"] == f"org.apache.hadoop:hadoop-aws:{hadoop_version}"
+    packages = local_s3["spark.jars.packages"].split(",")
+    assert f"org.apache.hadoop:hadoop-aws:{hadoop_version}" in packages
+    assert _delta_jars() in packages
+
+
+def _delta_jars() -> str:
+    """Delta Lake's jars at the version of the installed delta-spark Python package."""
+    return f"io.delta:delta-spark_2.12:{metadata.version('delta-spark')}"
+
+
+def test_delta_jars_are_those_of_the_delta_python_package_and_emr_brings_its_own(monkeypatch):
+    assert project_config("local")["spark"]["spark.jars.packages"] == _delta_jars()
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    assert project_config("emr")["spark"]["spark.jars.packages"] is None
 
 
 def _run_error(result) -> str:

@@ -16,9 +16,10 @@ from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy
 
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
 NODES = (
-    "label_images",
+    "list_changes",
     "extract_features",
-    "fit_pca",
+    "fit_or_keep_pca",
+    "export_embedding",
     "project_features",
     "write_pca_csv",
     "summarize_run",

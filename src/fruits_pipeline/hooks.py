@@ -17,18 +17,17 @@ from kedro.pipeline import Pipeline
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
-from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
+from fruits_pipeline.datasets import FeatureModelDataset, ImageFolderDataset, MissingImagesError
 from fruits_pipeline.jvm_class_archive import (
     keep_when_complete,
     local_master,
     with_class_archive,
 )
-from fruits_pipeline.mobilenet_v2 import export_litert, resolve_weights
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import MIN_IMAGES, check_threshold
 
 logger = logging.getLogger(__name__)
 
-FEATURIZATION_PARAMS = "params:featurization"
+FEATURE_MODEL = "feature_model"
 DIMENSIONALITY_REDUCTION_PARAMS = "params:dimensionality_reduction"
 
 
@@ -124,11 +123,10 @@ def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
                 f"PCA needs at least {MIN_IMAGES} images and {dataset} holds {images}: point "
                 "raw_images_path at the folder that holds the class folders."
             )
-    if FEATURIZATION_PARAMS in pipeline.inputs():
-        weights_source = catalog.load(FEATURIZATION_PARAMS)["weights"]
-        # Also loads them into the architecture and exports the model the workers run, so that a
-        # corrupt file or one for another model fails here; the featurization node reuses it.
-        export_litert(resolve_weights(weights_source))
+    if FEATURE_MODEL in pipeline.inputs():
+        # Loads the weights into the architecture and exports the model the workers run (cached
+        # for the nodes' own loads), so that a corrupt file or one for another model fails here.
+        catalog.load(FEATURE_MODEL)
 
 
 def s3_buckets(catalog_config: dict[str, Any], dataset_names: set[str]) -> dict[str, list[str]]:
@@ -164,12 +162,14 @@ def check_buckets(buckets: dict[str, list[str]], env: str) -> None:
 
 
 def check_intermediate_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
-    """Says which earlier pipeline to run when a partial run's input has not been written."""
+    """Says which earlier pipeline to run when a partial run's input has not been written: any
+    input but the project's own (images, weights, checked before Spark) and those a first run
+    finds empty (the image table and the PCA model of earlier runs)."""
     for name in _datasets_read(pipeline):
         dataset = catalog.get(name)
-        if isinstance(dataset, ImageFolderDataset):
+        if isinstance(dataset, ImageFolderDataset | FeatureModelDataset):
             continue
-        if not catalog.exists(name):
+        if not getattr(dataset, "none_when_missing", False) and not catalog.exists(name):
             raise MissingInputError(
                 f"Input dataset {name!r} of this run has not been written yet ({dataset}). "
                 "Run the pipeline that produces it first (`kedro run --pipelines ingestion`, "

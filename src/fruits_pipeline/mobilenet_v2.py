@@ -21,7 +21,8 @@ import io
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 INPUT_SIZE = 224
+# The exported models' layout, in their cache names: a change of it exports them again.
+EXPORT_LAYOUT = "u8in"
 FEATURE_DIM = 1280
 IMAGENET = "imagenet"
 
@@ -230,13 +233,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
-    """Scales a batch of uint8 RGB images (N, 224, 224, 3) as MobileNetV2 expects ([-1, 1]).
+def preprocess(images):
+    """Scales uint8 RGB images (N, 224, 224, 3) as MobileNetV2 expects ([-1, 1]): the
+    arithmetic of Keras' ``mobilenet_v2.preprocess_input`` (x / 127.5 - 1 in float32).
 
-    The arithmetic of Keras' ``mobilenet_v2.preprocess_input`` (x / 127.5 - 1 in float32), in
-    numpy so that the workers need not import Keras.
+    Takes numpy arrays or Keras tensors: the exported models run it as their first operations,
+    so that the workers and the app feed them the decoded image itself.
     """
-    return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    if isinstance(images, np.ndarray):
+        images = images.astype(np.float32)
+    else:
+        import keras
+
+        images = keras.ops.cast(images, "float32")
+    return images / np.float32(127.5) - np.float32(1.0)
+
+
+def _from_decoded_images(weights: WeightsFile, head: Callable | None = None) -> keras.Model:
+    """The feature extractor taking the decoded image (uint8, as ``decode_image`` makes it),
+    preprocessing inside, optionally followed by ``head``: every exported model starts with
+    the same operations, so the app's embedder computes the pipeline's features bit for bit."""
+    import keras
+
+    image = keras.Input(shape=(INPUT_SIZE, INPUT_SIZE, 3), dtype="uint8", name="image")
+    features = load_feature_extractor(weights)(preprocess(image))
+    return keras.Model(image, head(features) if head else features)
 
 
 def _exporter_versions() -> str:
@@ -251,8 +272,21 @@ def _exporter_versions() -> str:
 def litert_cache_path(weights: WeightsFile) -> Path:
     """Where ``export_litert`` keeps the model exported from these weights."""
     return _project_cache_dir() / (
-        f"mobilenet_v2_{weights.sha256[:16]}_{_exporter_versions()}.tflite"
+        f"mobilenet_v2_{EXPORT_LAYOUT}_{weights.sha256[:16]}_{_exporter_versions()}.tflite"
     )
+
+
+def _cached_litert(cached: Path, build: Callable[[], keras.Model]) -> bytes:
+    """The model ``build`` makes, exported to LiteRT once into ``cached``, then read back."""
+    if cached.is_file():
+        return cached.read_bytes()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target then renamed: concurrent runs never read half a file.
+    with tempfile.TemporaryDirectory(dir=cached.parent) as staging:
+        exported = Path(staging) / cached.name
+        build().export(str(exported), format="litert", verbose=False)
+        os.replace(exported, cached)
+    return cached.read_bytes()
 
 
 @functools.lru_cache(maxsize=2)
@@ -266,22 +300,68 @@ def export_litert(weights: WeightsFile) -> bytes:
     Raises:
         WeightsUnavailableError: the file is corrupt or holds another architecture's weights.
     """
-    cached = litert_cache_path(weights)
-    if cached.is_file():
-        return cached.read_bytes()
-    model = load_feature_extractor(weights)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target then renamed: concurrent runs never read half a file.
-    with tempfile.TemporaryDirectory(dir=cached.parent) as staging:
-        exported = Path(staging) / cached.name
-        model.export(str(exported), format="litert", verbose=False)
-        os.replace(exported, cached)
-    return cached.read_bytes()
+    return _cached_litert(litert_cache_path(weights), lambda: _from_decoded_images(weights))
+
+
+@dataclass(frozen=True)
+class FeatureModel:
+    """The feature extractor a run uses: its weights file and the LiteRT model exported from
+    them. ``id`` (the weights' sha256) names the model in every row it featurizes."""
+
+    weights: WeightsFile
+    litert: bytes = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.weights.sha256
+
+
+def load_feature_model(weights_source: str) -> FeatureModel:
+    """Resolves ``featurization.weights`` and exports (or reads back) its LiteRT model.
+
+    Raises:
+        WeightsUnavailableError: the weights cannot be had, or are not MobileNetV2's.
+    """
+    weights = resolve_weights(weights_source)
+    return FeatureModel(weights=weights, litert=export_litert(weights))
+
+
+def export_embedder(
+    weights: WeightsFile, mean: np.ndarray, scale: np.ndarray, components: np.ndarray
+) -> bytes:
+    """One LiteRT model from a decoded image to its principal components: uint8 (N, 224, 224,
+    3), as ``decode_image`` makes it, -> float32 (N, k).
+
+    MobileNetV2 (preprocessing included), then ``(features - mean) @ (scale[:, None] *
+    components)``: the standardization folded into the projection. The mean is subtracted
+    before projecting, not folded into a bias, so that float32 keeps the pipeline's precision;
+    ``scale`` is 1/std, 0 for a constant feature, as Spark's StandardScaler does. Cached like
+    ``export_litert``, by the weights and the arrays, so a run that keeps its PCA axes reads
+    the embedder back.
+    """
+    digest = hashlib.sha256(weights.sha256.encode())
+    for array in (mean, scale, components):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    cached = _project_cache_dir() / (
+        f"embedder_{EXPORT_LAYOUT}_{digest.hexdigest()[:16]}_{_exporter_versions()}.tflite"
+    )
+
+    def projection(features):
+        import keras
+
+        centered = features - keras.ops.convert_to_tensor(mean.astype(np.float32))
+        dense = keras.layers.Dense(components.shape[1], use_bias=False, name="pca")
+        outputs = dense(centered)
+        dense.set_weights([(scale[:, None] * components).astype(np.float32)])
+        return outputs
+
+    return _cached_litert(cached, lambda: _from_decoded_images(weights, projection))
 
 
 class FeatureExtractor:
-    """Runs the exported model on batches of decoded images: uint8 (N, 224, 224, 3) -> float32
-    (N, 1280). Only LiteRT and numpy are imported, never TensorFlow."""
+    """Runs an exported model on batches of decoded images, uint8 (N, 224, 224, 3): the feature
+    extractor (-> (N, 1280) float32) or the app's embedder (-> (N, k)). Only LiteRT and numpy
+    are imported, never TensorFlow."""
 
     def __init__(self, litert_model: bytes, threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -293,7 +373,7 @@ class FeatureExtractor:
         self._batch_size = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        batch = preprocess(images)
+        batch = np.ascontiguousarray(images, dtype=np.uint8)
         if len(batch) != self._batch_size:
             # The model's batch dimension is dynamic: size the buffers for this batch.
             self._interpreter.resize_tensor_input(self._input, batch.shape)

@@ -1,12 +1,27 @@
 """Project-specific Kedro datasets."""
 
+from fruits_pipeline.datasets.bytes_dataset import BytesDataset
 from fruits_pipeline.datasets.committed_spark_dataset import CommittedSparkDataset
-from fruits_pipeline.datasets.image_folder_dataset import ImageFolderDataset, MissingImagesError
+from fruits_pipeline.datasets.delta_merge_dataset import DeltaMergeDataset
+from fruits_pipeline.datasets.feature_model_dataset import FeatureModelDataset
+from fruits_pipeline.datasets.image_folder_dataset import (
+    ImageFolderDataset,
+    ImageStore,
+    MissingImagesError,
+    spark_location,
+)
+from fruits_pipeline.datasets.numpy_dataset import NumpyArraysDataset
 from fruits_pipeline.datasets.spark_ml_model_dataset import SparkMLModelDataset
 
 __all__ = [
+    "BytesDataset",
     "CommittedSparkDataset",
+    "DeltaMergeDataset",
+    "FeatureModelDataset",
     "ImageFolderDataset",
+    "ImageStore",
     "MissingImagesError",
+    "NumpyArraysDataset",
     "SparkMLModelDataset",
+    "spark_location",
 ]

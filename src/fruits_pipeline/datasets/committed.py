@@ -57,6 +57,11 @@ class VersionedFolder:
             )
         return self.location(version)
 
+    def read_committed(self, relative_path: str) -> bytes:
+        """The bytes of one file of the committed version."""
+        version = self.committed_location().rsplit("/", 1)[-1]
+        return self._fs.cat_file(f"{self._fs_path}/{version}/{relative_path}")
+
     def commit(self, version: str) -> None:
         """Points loads at ``version``, then removes every other version folder."""
         staged = f"{self._fs_path}/{POINTER}.{uuid.uuid4().hex}"

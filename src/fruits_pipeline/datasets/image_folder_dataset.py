@@ -1,33 +1,99 @@
-"""A folder (or URI) of image files, read by Spark's ``binaryFile`` source."""
+"""A folder (or URI) of image files: the photo store the pipelines read."""
 
 from __future__ import annotations
 
 import fnmatch
-from datetime import datetime
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
+import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._utils.spark_utils import get_spark
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 FRUITS_360_SOURCES = (
-    "Kaggle (https://www.kaggle.com/datasets/moltean/fruits) or the Fruits-360 GitHub "
-    "repository (https://github.com/fruits-360)"
+    "the Fruits-360 GitHub repository (https://github.com/fruits-360/fruits-360-100x100) or "
+    "Kaggle (https://www.kaggle.com/datasets/moltean/fruits)"
 )
+
+LISTING_SCHEMA = "path string, label string, length long, modificationTime timestamp"
+
+# Characters Hadoop reads as a glob in a path given to Spark; a file name holding one is escaped.
+_HADOOP_GLOB = re.compile(r"([\\*?\[\]{}])")
+
+# Above this share of the store, the changed files are read by one scan of the whole store
+# rather than one path at a time (a path costs a metadata request on S3; see docs/performance.md).
+_SCAN_WHOLE_STORE_ABOVE = 0.25
 
 
 class MissingImagesError(DatasetError):
     """The image location holds no file matching the glob."""
 
 
-class ImageFolderDataset(AbstractDataset[DataFrame, None]):
-    """Loads every file under ``path`` whose name matches ``glob`` as a Spark DataFrame with
-    Spark's ``binaryFile`` columns: ``path``, ``modificationTime``, ``length``, ``content``
-    (empty files included, which Spark's own scan leaves out).
+def spark_location(location: str) -> str:
+    """A location as Spark writes it in ``path``: ``file:/abs/dir`` for local folders (relative
+    ones resolved from the working directory, as Spark does), the URI itself otherwise."""
+    if "://" in location and not location.startswith("file://"):
+        return location.rstrip("/")
+    return "file:" + os.path.abspath(location.removeprefix("file://"))
 
-    ``path`` is a local folder or a URI Spark and fsspec both read (``s3a://`` for Spark on S3 is
-    listed through s3fs). Read-only: the images are the project's input.
+
+@dataclass(frozen=True)
+class ImageStore:
+    """The photo store as a run found it.
+
+    ``listing`` has one row per image file, read from the filesystem's own listing without the
+    files' content: ``path`` (as Spark's ``binaryFile`` writes it), ``label`` (the name of the
+    folder that holds the file; null for a file directly in the store's root), ``length`` and
+    ``modificationTime``. ``contents`` reads the bytes of some of those files with ``binaryFile``.
+    """
+
+    location: str
+    glob: str
+    recursive: bool
+    listing: DataFrame
+
+    def contents(self, paths: DataFrame) -> DataFrame:
+        """``path, content`` of the files of ``paths`` (a DataFrame with a ``path`` column) that
+        have bytes; Spark's scan leaves out empty files."""
+        spark = paths.sparkSession
+        wanted = [row["path"] for row in paths.select("path").collect()]
+        if not wanted:
+            return spark.createDataFrame([], "path string, content binary")
+        reader = spark.read.format("binaryFile").option("pathGlobFilter", self.glob)
+        if len(wanted) > _SCAN_WHOLE_STORE_ABOVE * self.listing.count():
+            scanned = reader.option("recursiveFileLookup", str(self.recursive).lower()).load(
+                self.location
+            )
+            return scanned.join(F.broadcast(paths.select("path")), "path").select("path", "content")
+        escaped = [_HADOOP_GLOB.sub(r"\\\1", path) for path in wanted]
+        return reader.load(escaped).select("path", "content")
+
+
+def _modification_time(info: dict[str, Any]) -> datetime:
+    """A listing entry's modification time, in UTC: local files give ``mtime`` in seconds,
+    s3fs gives ``LastModified``."""
+    if "mtime" in info:
+        return datetime.fromtimestamp(float(info["mtime"]), tz=timezone.utc)
+    modified = info.get("LastModified") or info.get("last_modified")
+    if isinstance(modified, datetime):
+        return modified.astimezone(timezone.utc)
+    raise DatasetError(f"The listing gives no modification time for {info.get('name')!r}.")
+
+
+class ImageFolderDataset(AbstractDataset[ImageStore, None]):
+    """Loads the image files under ``path`` whose name matches ``glob`` as an ``ImageStore``.
+
+    The listing comes from the filesystem (fsspec: a local walk, or one LIST request per
+    1,000 keys on S3), not from a Spark scan, so that a run can compare the store with what
+    it has already featurized without reading any file. ``path`` is a local folder or a URI that
+    Spark and fsspec both read (``s3a://`` is listed through s3fs). Read-only: the images are
+    the project's input.
     """
 
     def __init__(
@@ -45,31 +111,36 @@ class ImageFolderDataset(AbstractDataset[DataFrame, None]):
         self._credentials = credentials or {}
         self.metadata = metadata
 
-    def load(self) -> DataFrame:
-        spark = get_spark()
-        images = (
-            spark.read.format("binaryFile")
-            .option("pathGlobFilter", self._glob)
-            .option("recursiveFileLookup", str(self._recursive).lower())
-            .load(self._path)
-        )
-        # Spark's file scan skips zero-length files; add them back, so that every file listed is
-        # accounted for (the featurization quarantines them).
-        empty_files = self._empty_files()
-        if not empty_files:
-            return images
-        return images.unionByName(spark.createDataFrame(empty_files, images.schema))
+    @property
+    def location(self) -> str:
+        """The store's root as Spark writes it (``file:/abs/dir``, ``s3a://bucket/prefix``)."""
+        return spark_location(self._path)
 
-    def _empty_files(self) -> list[tuple[str, datetime, int, bytes]]:
+    def load(self) -> ImageStore:
+        spark = get_spark()
+        rows = self.list_images()
+        listing = spark.createDataFrame(
+            pd.DataFrame(rows, columns=["path", "label", "length", "modificationTime"]),
+            LISTING_SCHEMA,
+        )
+        return ImageStore(self.location, self._glob, self._recursive, listing)
+
+    def list_images(self) -> list[tuple[str, str | None, int, datetime]]:
+        """(path, label, length, modificationTime) of every matching file, sorted by path."""
         filesystem, root = fsspec.core.url_to_fs(self._path, **self._credentials)
+        if not filesystem.isdir(root):
+            return []
         listing = filesystem.find(root, maxdepth=None if self._recursive else 1, detail=True)
-        scheme = self._path.split("://", 1)[0] if "://" in self._path else "file"
-        prefix = "file:" if scheme == "file" else f"{scheme}://"
-        return [
-            (prefix + path, filesystem.modified(path), 0, b"")
-            for path, info in sorted(listing.items())
-            if info.get("size") == 0 and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], self._glob)
-        ]
+        location = self.location
+        prefix = location[: len(location) - len(root.rstrip("/"))]
+        rows = []
+        for name, info in sorted(listing.items()):
+            folder, _, file_name = name.rpartition("/")
+            if info.get("type") == "directory" or not fnmatch.fnmatchcase(file_name, self._glob):
+                continue
+            label = None if folder.rstrip("/") == root.rstrip("/") else folder.rsplit("/", 1)[-1]
+            rows.append((prefix + name, label, int(info["size"]), _modification_time(info)))
+        return rows
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{type(self).__name__} is read-only: it holds the input images.")
@@ -79,7 +150,6 @@ class ImageFolderDataset(AbstractDataset[DataFrame, None]):
 
     def find_images(self, limit: int) -> list[str]:
         """Up to ``limit`` matching files, listed through fsspec (no Spark); stops listing there."""
-        # fsspec maps s3a:// (the scheme Spark's S3A connector wants) to s3fs as well.
         filesystem, root = fsspec.core.url_to_fs(self._path, **self._credentials)
         if not filesystem.isdir(root):
             return []

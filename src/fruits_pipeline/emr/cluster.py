@@ -101,8 +101,10 @@ def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]
                 },
             }
         ],
-        # Spark's Python workers and driver run the bootstrap's virtualenv.
+        # Spark's Python workers and driver run the bootstrap's virtualenv; the release's own
+        # Delta Lake jars hold the image table.
         "Configurations": [
+            {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}},
             {
                 "Classification": "spark-env",
                 "Properties": {},
@@ -112,7 +114,7 @@ def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]
                         "Properties": {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python},
                     }
                 ],
-            }
+            },
         ],
         "AutoTerminationPolicy": {"IdleTimeout": int(cluster["idle_timeout_seconds"])},
         "ServiceRole": cluster["service_role"],

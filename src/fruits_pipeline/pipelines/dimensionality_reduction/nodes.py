@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,13 @@ from pyspark import SparkContext, StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, PCAModel, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.stat import Summarizer
 from pyspark.ml.wrapper import JavaWrapper
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
+from fruits_pipeline import mobilenet_v2
+from fruits_pipeline.mobilenet_v2 import FeatureModel
 from fruits_pipeline.run_info import library_versions
 
 logger = logging.getLogger(__name__)
@@ -22,6 +27,8 @@ logger = logging.getLogger(__name__)
 FEATURES_VECTOR = "features_vector"
 SCALED = "scaled_features"
 PCA_FEATURES = "pca_features"
+# A fitted model's uid starts with this and the first 16 hex digits of its feature model's id.
+PCA_UID_PREFIX = "fruits_pca_"
 
 # Cumulative sums of float64 ratios land a few ulps off exact thresholds (0.7 + 0.2 < 0.9):
 # a component reaching the threshold within this tolerance counts as reaching it.
@@ -103,22 +110,31 @@ def _leading_components(full: PCAModel, k: int) -> PCAModel:
     )
 
 
+def _featurized(image_features: DataFrame) -> DataFrame:
+    """The image table's rows that have features (the others are quarantined)."""
+    return image_features.where(F.col("features").isNotNull())
+
+
+def _fitted_with(model: PipelineModel, model_id: str) -> bool:
+    return model.uid.startswith(f"{PCA_UID_PREFIX}{model_id[:16]}_")
+
+
 def fit_pca(
-    image_features: DataFrame, dimensionality_reduction: dict[str, Any]
+    image_features: DataFrame, threshold: float, model_id: str
 ) -> tuple[PipelineModel, dict[str, Any]]:
     """Standardization + PCA in one pass over the features: the full-spectrum fit chooses k, and
-    its first k components are the scaler + PCA(k) model kept for new images."""
+    its first k components are the scaler + PCA(k) model kept for new images. The model's uid
+    names the feature model it was fitted on."""
     started = time.perf_counter()
-    threshold = check_threshold(dimensionality_reduction["variance_threshold"])
-    vectors = _feature_vectors(image_features).select(FEATURES_VECTOR)
-    # The scaler and the PCA each pass over the features: read the parquet once.
+    vectors = _feature_vectors(_featurized(image_features)).select(FEATURES_VECTOR)
+    # The scaler and the PCA each pass over the features: read the table once.
     vectors.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         images = vectors.count()
         if images < MIN_IMAGES:
             raise ValueError(
                 f"PCA needs at least {MIN_IMAGES} featurized images, got {images}: check "
-                "raw_images_path and the quarantine (data/04_feature/image_quarantine.parquet)."
+                "raw_images_path and the quarantine in the run report."
             )
         dimension = len(vectors.first()[FEATURES_VECTOR])
         scaler = StandardScaler(
@@ -141,20 +157,96 @@ def fit_pca(
         images,
     )
     selection = {
+        "refit": True,
         "images": images,
         "feature_dim": dimension,
         "variance_threshold": threshold,
         "k": k,
         "variance_explained": float(cumulative[k - 1]),
+        "current_variance_explained": float(cumulative[k - 1]),
         "explained_variance_ratio": [float(ratio) for ratio in ratios],
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return PipelineModel(stages=[scaler, _leading_components(full, k)]), selection
+    model = PipelineModel(stages=[scaler, _leading_components(full, k)])
+    model.uid = f"{PCA_UID_PREFIX}{model_id[:16]}_{uuid.uuid4().hex[:12]}"
+    return model, selection
+
+
+def kept_axes_selection(
+    image_features: DataFrame, model: PipelineModel, threshold: float
+) -> dict[str, Any]:
+    """What the kept scaler + PCA(k) say of the current table: the share of its variance (in
+    the kept standardization) that the k kept axes explain, in one pass over the features."""
+    started = time.perf_counter()
+    scaled = model.stages[0].transform(_feature_vectors(_featurized(image_features)))
+    projected = model.stages[1].transform(scaled)
+    summary = projected.select(
+        Summarizer.metrics("variance", "count").summary(F.col(SCALED)).alias("scaled"),
+        Summarizer.variance(F.col(PCA_FEATURES)).alias("kept"),
+    ).first()
+    total = float(np.sum(summary["scaled"]["variance"].toArray()))
+    share = float(np.sum(summary["kept"].toArray())) / total if total > 0 else 1.0
+    ratios = model.stages[1].explainedVariance.toArray()
+    logger.info(
+        "PCA kept: its %d axes explain %.4f of the current table's variance (threshold %.2f)",
+        ratios.size,
+        share,
+        threshold,
+    )
+    return {
+        "refit": False,
+        "images": int(summary["scaled"]["count"]),
+        "feature_dim": model.stages[1].pc.numRows,
+        "variance_threshold": threshold,
+        "k": int(ratios.size),
+        "variance_explained": float(np.sum(ratios)),
+        "current_variance_explained": share,
+        "explained_variance_ratio": [float(ratio) for ratio in ratios],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def check_one_feature_model(image_features: DataFrame, model_id: str) -> None:
+    """Refuses features made by other weights than this run's: the PCA, and the embedder built
+    from these weights, would not match them."""
+    other = (
+        _featurized(image_features).where(F.col("model_id") != model_id).select("model_id").first()
+    )
+    if other is not None:
+        raise ValueError(
+            f"The image table holds features of other weights (sha256 {other['model_id'][:16]}) "
+            f"than featurization.weights (sha256 {model_id[:16]}): run the featurization "
+            "pipeline with these weights first, or give this run the weights it used."
+        )
+
+
+def fit_or_keep_pca(
+    image_features: DataFrame,
+    kept_pca_model: PipelineModel | None,
+    feature_model: FeatureModel,
+    dimensionality_reduction: dict[str, Any],
+) -> tuple[PipelineModel, dict[str, Any]]:
+    """Keeps the saved scaler + PCA(k), so that coordinates stay comparable from run to run,
+    or fits them again: on request (``refit``), when none is saved, or when the saved one was
+    fitted on another feature model's features.
+
+    Returns:
+        pca_model (scaler + PCA(k)) and pca_selection: k, the spectrum, the share of the
+        current table's variance the axes explain, and whether they were refitted.
+    """
+    threshold = check_threshold(dimensionality_reduction["variance_threshold"])
+    check_one_feature_model(image_features, feature_model.id)
+    if kept_pca_model is None or dimensionality_reduction.get("refit"):
+        return fit_pca(image_features, threshold, feature_model.id)
+    if not _fitted_with(kept_pca_model, feature_model.id):
+        logger.info("PCA refitted: the saved axes were fitted on other weights' features")
+        return fit_pca(image_features, threshold, feature_model.id)
+    return kept_pca_model, kept_axes_selection(image_features, kept_pca_model, threshold)
 
 
 def project_features(image_features: DataFrame, pca_model: PipelineModel) -> DataFrame:
-    """path, label and the k principal components of each image (a Spark ML vector)."""
-    return pca_model.transform(_feature_vectors(image_features)).select(
+    """path, label and the k principal components of each featurized image (an ML vector)."""
+    return pca_model.transform(_feature_vectors(_featurized(image_features))).select(
         "path", "label", PCA_FEATURES
     )
 
@@ -170,38 +262,72 @@ def pca_columns(pca_features: DataFrame, pca_selection: dict[str, Any]) -> DataF
     )
 
 
+def embedding_arrays(pca_model: PipelineModel) -> dict[str, np.ndarray]:
+    """The scaler + PCA(k) as plain arrays, for embedding a photo without Spark: ``mean``,
+    ``scale`` (1/std, 0 for a constant feature, as Spark's StandardScaler) and ``components``
+    (1280 x k); a photo's coordinates are ``(features - mean) * scale @ components``."""
+    scaler, pca = pca_model.stages
+    std = scaler.std.toArray()
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    return {"mean": scaler.mean.toArray(), "scale": scale, "components": pca.pc.toArray()}
+
+
+def export_embedding(
+    pca_model: PipelineModel, feature_model: FeatureModel
+) -> tuple[dict[str, np.ndarray], bytes, bytes]:
+    """What embeds one photo without Spark, as the pipeline would: the scaler + PCA(k) as
+    plain arrays (``pca_projection``), the LiteRT feature extractor, and the app's embedder,
+    one LiteRT file with the projection folded in (``mobilenet_v2.export_embedder``)."""
+    arrays = embedding_arrays(pca_model)
+    embedder = mobilenet_v2.export_embedder(
+        feature_model.weights, arrays["mean"], arrays["scale"], arrays["components"]
+    )
+    return arrays, feature_model.litert, embedder
+
+
 def summarize_run(
-    image_binaries: DataFrame,
-    pca_features: DataFrame,
-    image_quarantine: DataFrame,
+    image_features: DataFrame,
     featurization_info: dict[str, Any],
     pca_selection: dict[str, Any],
 ) -> dict[str, Any]:
-    """The run's metrics; fails when the images written do not add up to the images read."""
-    images_listed = image_binaries.count()
+    """The run's metrics; fails when the image table does not hold every image of the store
+    once (one row per path, as many as the store's listing had)."""
+    table = image_features.select("path", "label", F.col("features").isNotNull().alias("ok"))
+    counts = table.groupBy("ok", "label").count().collect()
     per_class = {
         row["label"]: row["count"]
-        for row in pca_features.groupBy("label").count().orderBy("label").collect()
+        for row in sorted(counts, key=lambda row: row["label"] or "")
+        if row["ok"]
     }
     featurized = sum(per_class.values())
-    quarantined = image_quarantine.count()
-    if images_listed != featurized + quarantined:
+    quarantined = sum(row["count"] for row in counts if not row["ok"])
+    paths = table.select("path").distinct().count()
+    images_in_store = featurization_info["images_in_store"]
+    if not images_in_store == paths == featurized + quarantined:
         raise AccountingError(
-            f"{images_listed} images were listed but {featurized} were featurized and "
-            f"{quarantined} quarantined ({images_listed - featurized - quarantined} unaccounted "
-            "for): re-run the featurization and dimensionality_reduction pipelines."
+            f"{images_in_store} images are in the store but the image table holds "
+            f"{featurized} featurized and {quarantined} quarantined rows for {paths} paths: "
+            "run the ingestion and featurization pipelines again."
         )
     k = int(pca_selection["k"])
     return {
-        "images_in": images_listed,
+        "images_in": images_in_store,
         "images_featurized": featurized,
         "images_quarantined": quarantined,
+        "this_run": {
+            "images_sent_to_model": featurization_info["images_sent_to_model"],
+            "images_featurized": featurization_info["images_featurized"],
+            "images_quarantined": featurization_info["images_quarantined"],
+            "images_removed": featurization_info["images_removed"],
+        },
         "images_per_class": per_class,
         "classes": len(per_class),
         "feature_dim": pca_selection["feature_dim"],
         "variance_threshold": pca_selection["variance_threshold"],
         "k": k,
+        "pca_refit": pca_selection["refit"],
         "variance_explained": pca_selection["variance_explained"],
+        "current_variance_explained": pca_selection["current_variance_explained"],
         "explained_variance_ratio": pca_selection["explained_variance_ratio"][:k],
         "weights_source": featurization_info["weights_source"],
         "weights_sha256": featurization_info["weights_sha256"],

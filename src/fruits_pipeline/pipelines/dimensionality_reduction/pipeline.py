@@ -3,7 +3,8 @@
 from kedro.pipeline import Node, Pipeline
 
 from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
-    fit_pca,
+    export_embedding,
+    fit_or_keep_pca,
     pca_columns,
     plot_explained_variance,
     project_features,
@@ -15,10 +16,15 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=fit_pca,
-                inputs=["image_features", "params:dimensionality_reduction"],
+                func=fit_or_keep_pca,
+                inputs=[
+                    "image_features",
+                    "kept_pca_model",
+                    "feature_model",
+                    "params:dimensionality_reduction",
+                ],
                 outputs=["pca_model", "pca_selection"],
-                name="fit_pca",
+                name="fit_or_keep_pca",
             ),
             Node(
                 func=project_features,
@@ -33,14 +39,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="write_pca_csv",
             ),
             Node(
+                func=export_embedding,
+                inputs=["pca_model", "feature_model"],
+                outputs=["pca_projection", "feature_extractor_litert", "app_embedder"],
+                name="export_embedding",
+            ),
+            Node(
                 func=summarize_run,
-                inputs=[
-                    "image_binaries",
-                    "pca_features",
-                    "image_quarantine",
-                    "featurization_info",
-                    "pca_selection",
-                ],
+                inputs=["image_features", "featurization_info", "pca_selection"],
                 outputs="pipeline_metrics",
                 name="summarize_run",
             ),

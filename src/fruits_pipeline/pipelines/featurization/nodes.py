@@ -1,7 +1,8 @@
 """Nodes of the ``featurization`` pipeline: the Spark plumbing around the MobileNetV2 extractor.
 
-The model is built and exported to LiteRT once on the driver (``mobilenet_v2.export_litert``),
-and that model, weights included, is broadcast once. Each Python worker opens it in a LiteRT
+Only the files ``ingestion`` found new or changed reach the model. The model is exported to
+LiteRT once on the driver (the ``feature_model`` dataset), and that model, weights included, is
+broadcast once. Each Python worker opens it in a LiteRT
 interpreter and keeps it in a module-level cache, so that it is reused by every task and batch the
 (reused) worker runs; the workers never import TensorFlow.
 """
@@ -25,17 +26,27 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
 from fruits_pipeline import mobilenet_v2
+from fruits_pipeline.datasets import ImageStore
+from fruits_pipeline.pipelines.ingestion import nodes as ingestion
 
 logger = logging.getLogger(__name__)
 
+FEATURES_TYPE = ArrayType(FloatType(), containsNull=False)
 FEATURIZATION_RESULT = StructType(
     [
-        StructField("features", ArrayType(FloatType(), containsNull=False), nullable=True),
+        StructField("features", FEATURES_TYPE, nullable=True),
         StructField("reason", StringType(), nullable=True),
         StructField("error_class", StringType(), nullable=True),
     ]
 )
 
+# The columns that say which file a row of the image table describes.
+IDENTITY = ["path", "label", "length", "modificationTime"]
+# Marks, in the rows merged into the image table, the paths to remove from it.
+DELETE_COLUMN = "_delete"
+
+EMPTY_FILE = "empty file (0 bytes)"
+UNREADABLE = "the file could not be read (removed or unreadable since the store was listed)"
 NO_CLASS_FOLDER = (
     "no class folder: the file sits directly in raw_images_path, so it has no label; "
     "move it into a folder named after its class"
@@ -79,6 +90,9 @@ def featurize_batch(
     decoded: list[np.ndarray] = []
     decoded_rows: list[int] = []
     for row, content in enumerate(contents):
+        if content is None:
+            reasons[row], error_classes[row] = UNREADABLE, "UnreadableFile"
+            continue
         try:
             decoded.append(mobilenet_v2.decode_image(content, settings.max_image_pixels))
             decoded_rows.append(row)
@@ -143,80 +157,124 @@ def progress_log(images_done: Accumulator, total: int, every_seconds: float = 15
         reporter.join()
 
 
-def extract_features(
-    image_binaries: DataFrame, featurization: dict[str, Any]
-) -> tuple[DataFrame, DataFrame, dict[str, Any]]:
-    """MobileNetV2 features of every image, and a quarantine row for every image that has none.
+def _planned_rows(image_changes: DataFrame) -> DataFrame:
+    """Table changes that need no model: quarantine rows for empty and unlabelled files (never
+    read), and the deletion of the paths that left the store."""
+    action = F.col("action")
+    reason = F.when(action == ingestion.EMPTY, F.lit(EMPTY_FILE)).when(
+        action == ingestion.UNLABELLED, F.lit(NO_CLASS_FOLDER)
+    )
+    error_class = F.when(action == ingestion.EMPTY, F.lit("EmptyFile")).when(
+        action == ingestion.UNLABELLED, F.lit("MissingLabel")
+    )
+    return image_changes.where(action != ingestion.FEATURIZE).select(
+        *IDENTITY,
+        F.lit(None).cast(FEATURES_TYPE).alias("features"),
+        reason.alias("reason"),
+        error_class.alias("error_class"),
+        (action == ingestion.DELETE).alias(DELETE_COLUMN),
+    )
 
-    Returns:
-        image_features (path, label, features: 1280 floats), image_quarantine (path, label,
-        reason, error_class), and featurization_info (weights, settings, counts, seconds).
-    """
-    started = time.perf_counter()
-    weights_file = mobilenet_v2.resolve_weights(featurization["weights"])
-    spark = image_binaries.sparkSession
-    litert_model = spark.sparkContext.broadcast(mobilenet_v2.export_litert(weights_file))
+
+def _run_model(
+    to_featurize: DataFrame,
+    image_store: ImageStore,
+    feature_model: mobilenet_v2.FeatureModel,
+    featurization: dict[str, Any],
+    images: int,
+) -> tuple[DataFrame, int]:
+    """Features (or a quarantine reason) for each row of ``to_featurize``, computed once and
+    persisted, and how many images the model's UDF received."""
+    spark = to_featurize.sparkSession
+    # Arrow batches for this stage only: a batch is decoded into 0.6 MB per image.
     spark.conf.set(
         "spark.sql.execution.arrow.maxRecordsPerBatch", int(featurization["arrow_batch_size"])
     )
     settings = WorkerSettings(
-        weights_sha256=weights_file.sha256,
+        weights_sha256=feature_model.id,
         inference_batch_size=int(featurization["inference_batch_size"]),
         max_image_pixels=int(featurization["max_image_pixels"]),
         inference_threads=int(featurization["inference_threads"]),
     )
-    images = image_binaries.count()
-    slots = spark.sparkContext.defaultParallelism
-    partitions = _partitions(images, slots, featurization)
-    images_done = spark.sparkContext.accumulator(0)
-    featurize = make_featurizer(litert_model, settings, images_done)
+    images_received = spark.sparkContext.accumulator(0)
+    featurize = make_featurizer(
+        spark.sparkContext.broadcast(feature_model.litert), settings, images_received
+    )
+    partitions = _partitions(images, spark.sparkContext.defaultParallelism, featurization)
     results = (
-        image_binaries.repartition(partitions)
-        .select("path", "label", featurize(F.col("content")).alias("result"))
-        .select("path", "label", "result.*")
-        # Both outputs come from this one pass of the model.
+        to_featurize.join(image_store.contents(to_featurize), "path", "left")
+        .repartition(partitions)
+        .select(*IDENTITY, featurize(F.col("content")).alias("result"))
+        .select(*IDENTITY, "result.*", F.lit(False).alias(DELETE_COLUMN))
+        # Computed once: counted here, then merged into the table from this cache.
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    # An image outside any class folder has features but no label: useless for the app, so it
-    # is quarantined with its reason rather than written without a label.
-    usable = F.col("features").isNotNull() & F.col("label").isNotNull()
-    with progress_log(images_done, images):
-        counts = {
-            row["usable"]: row["count"]
-            for row in results.groupBy(usable.alias("usable")).count().collect()
-        }
-    featurized, quarantined = counts.get(True, 0), counts.get(False, 0)
+    with progress_log(images_received, images):
+        results.count()
+    return results, images_received.value
+
+
+def extract_features(
+    image_changes: DataFrame,
+    image_store: ImageStore,
+    feature_model: mobilenet_v2.FeatureModel,
+    featurization: dict[str, Any],
+) -> tuple[DataFrame, dict[str, Any]]:
+    """Runs the model on the new and changed files only, and says how the image table changes.
+
+    Args:
+        image_changes: what ``list_changes`` found (path, label, length, modificationTime,
+            action).
+        image_store: the store, to read the bytes of the files to featurize.
+        feature_model: the weights and their exported LiteRT model.
+        featurization: batch sizes, partitions, threads, pixel guard.
+
+    Returns:
+        image_features: the rows to merge into the image table, keyed by path (label, length,
+        modificationTime, model_id, features or a quarantine reason and its error class, and
+        ``_delete`` for the paths that left the store); featurization_info: the model and this
+        run's counts.
+    """
+    started = time.perf_counter()
+    actions = {
+        row["action"]: row["count"] for row in image_changes.groupBy("action").count().collect()
+    }
+    changes = _planned_rows(image_changes)
+    images_received = featurized = 0
+    if actions.get(ingestion.FEATURIZE):
+        results, images_received = _run_model(
+            image_changes.where(F.col("action") == ingestion.FEATURIZE),
+            image_store,
+            feature_model,
+            featurization,
+            actions[ingestion.FEATURIZE],
+        )
+        featurized = results.where(F.col("features").isNotNull()).count()
+        changes = changes.unionByName(results)
+    quarantined = (
+        actions.get(ingestion.EMPTY, 0)
+        + actions.get(ingestion.UNLABELLED, 0)
+        + images_received
+        - featurized
+    )
     seconds = time.perf_counter() - started
     logger.info(
-        "Featurized %d images (%d quarantined) in %.1f s: %.1f images/s",
+        "Featurized %d new or changed images, quarantined %d, removed %d, in %.1f s",
         featurized,
         quarantined,
+        actions.get(ingestion.DELETE, 0),
         seconds,
-        (featurized + quarantined) / seconds if seconds else 0.0,
-    )
-    # Written as one file per task slot: the small tasks that balance the model stage would
-    # each start a writer for a ~1 MB file (8,192 images: 7.5 s to write 32 files, ~1.5 s for 2).
-    image_features = results.where(usable).select("path", "label", "features").coalesce(slots)
-    image_quarantine = (
-        results.where(~usable)
-        .select(
-            "path",
-            "label",
-            F.coalesce("reason", F.lit(NO_CLASS_FOLDER)).alias("reason"),
-            F.coalesce("error_class", F.lit("MissingLabel")).alias("error_class"),
-        )
-        .coalesce(slots)
     )
     info = {
         "model": "MobileNetV2 1.0, 224x224, no top, global average pooling (Keras, run by LiteRT)",
         "feature_dim": mobilenet_v2.FEATURE_DIM,
-        "weights_source": weights_file.source,
-        "weights_sha256": weights_file.sha256,
+        "weights_source": feature_model.weights.source,
+        "weights_sha256": feature_model.id,
+        "images_in_store": image_store.listing.count(),
+        "images_sent_to_model": images_received,
         "images_featurized": featurized,
         "images_quarantined": quarantined,
-        "partitions": partitions,
-        "inference_batch_size": settings.inference_batch_size,
-        "arrow_batch_size": int(featurization["arrow_batch_size"]),
+        "images_removed": actions.get(ingestion.DELETE, 0),
         "seconds": round(seconds, 3),
     }
-    return image_features, image_quarantine, info
+    return changes.withColumn("model_id", F.lit(feature_model.id)), info

@@ -10,8 +10,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=extract_features,
-                inputs=["image_binaries", "params:featurization"],
-                outputs=["image_features", "image_quarantine", "featurization_info"],
+                inputs=["image_changes", "raw_images", "feature_model", "params:featurization"],
+                outputs=["image_features", "featurization_info"],
                 name="extract_features",
             ),
         ],

@@ -1,4 +1,4 @@
-"""``ingestion``: image files -> one row per image with its label and bytes."""
+"""``ingestion``: the photo store's listing -> the files to featurize, quarantine or forget."""
 
 from fruits_pipeline.pipelines.ingestion.pipeline import create_pipeline
 

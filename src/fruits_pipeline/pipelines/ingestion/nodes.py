@@ -1,44 +1,82 @@
-"""Nodes of the ``ingestion`` pipeline."""
+"""Nodes of the ``ingestion`` pipeline: what changed in the photo store since the last run."""
 
 from __future__ import annotations
-
-import os
-from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from fruits_pipeline.datasets import ImageStore
+from fruits_pipeline.mobilenet_v2 import FeatureModel
 
-def spark_location(location: str) -> str:
-    """A folder as Spark's file listing writes it in ``path``: ``file:/abs/dir`` for local
-    folders (relative ones resolved from the working directory, as Spark does), the URI itself
-    otherwise."""
-    if "://" in location and not location.startswith("file://"):
-        return location.rstrip("/")
-    return "file:" + os.path.abspath(location.removeprefix("file://"))
+# What the featurization does with a row of image_changes.
+FEATURIZE = "featurize"
+EMPTY = "empty"
+UNLABELLED = "unlabelled"
+DELETE = "delete"
+
+# A stored row is current when its file and its model are those of this run.
+ROW_IDENTITY = ["path", "length", "modificationTime", "model_id"]
 
 
-def label_from_path(path: Column, root: str) -> Column:
-    """The class label of an image: the name of the folder that holds it
-    (``.../Training/Apple Red 1/r_32_100.jpg`` -> ``Apple Red 1``); null for an image directly
-    in ``root`` (a Spark location), which sits in no class folder."""
-    folder = F.regexp_extract(path, r"^(.*)/[^/]*$", 1)
-    return F.when(folder == F.lit(root), F.lit(None).cast("string")).otherwise(
-        F.element_at(F.split(folder, "/"), -1)
+def _action(label: Column, length: Column) -> Column:
+    """Empty files and files outside any class folder are quarantined without being read."""
+    return (
+        F.when(label.isNull(), F.lit(UNLABELLED))
+        .when(length == 0, F.lit(EMPTY))
+        .otherwise(F.lit(FEATURIZE))
     )
 
 
-def label_images(raw_images: DataFrame, ingestion: dict[str, Any]) -> DataFrame:
-    """Adds the label to Spark's ``binaryFile`` rows (path, label, length, modificationTime,
-    content).
+class OtherStoreError(ValueError):
+    """The image table holds the photos of another store than the one this run reads."""
 
-    Every file listed is kept, labelled or not, so that the featurization can account for each.
+
+def check_same_store(known_images: DataFrame, location: str) -> None:
+    """Refuses a table that holds photos from outside the store: its rows of the other store
+    would all be deleted, or the two mixed."""
+    stranger = known_images.where(~F.col("path").startswith(location + "/")).select("path").first()
+    if stranger is not None:
+        raise OtherStoreError(
+            f"The image table holds photos of another store ({stranger['path']}), not of "
+            f"{location}, which this run reads. Each store has its own table: give this store "
+            "its own project folder (or data/ tree), or delete data/04_feature/image_features to "
+            "start the table again from this store."
+        )
+
+
+def list_changes(
+    image_store: ImageStore, known_images: DataFrame | None, feature_model: FeatureModel
+) -> DataFrame:
+    """The files of the store that are new, replaced (other length or modification time) or
+    were featurized by other weights, and the featurized paths that left the store.
+
+    Args:
+        image_store: the store's content-free listing (path, label, length, modificationTime).
+        known_images: the image table as the run finds it, or None before the first run.
+        feature_model: the model this run featurizes with; its id marks the rows it made.
+
+    Returns:
+        path, label, length, modificationTime and ``action``: featurize, empty, unlabelled
+        (both quarantined without reading the file) or delete.
     """
-    root = spark_location(ingestion["raw_images_path"])
-    return raw_images.select(
+    listing = image_store.listing.withColumn("model_id", F.lit(feature_model.id))
+    if known_images is None:
+        known_images = listing.limit(0)
+    check_same_store(known_images, image_store.location)
+    changed = listing.join(known_images.select(*ROW_IDENTITY), ROW_IDENTITY, "left_anti").select(
         "path",
-        label_from_path(F.col("path"), root).alias("label"),
+        "label",
         "length",
         "modificationTime",
-        "content",
+        _action(F.col("label"), F.col("length")).alias("action"),
+    )
+    deleted = known_images.select("path").join(listing.select("path"), "path", "left_anti")
+    return changed.unionByName(
+        deleted.select(
+            "path",
+            F.lit(None).cast("string").alias("label"),
+            F.lit(None).cast("long").alias("length"),
+            F.lit(None).cast("timestamp").alias("modificationTime"),
+            F.lit(DELETE).alias("action"),
+        )
     )

@@ -2,17 +2,17 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from fruits_pipeline.pipelines.ingestion.nodes import label_images
+from fruits_pipeline.pipelines.ingestion.nodes import list_changes
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=label_images,
-                inputs=["raw_images", "params:ingestion"],
-                outputs="image_binaries",
-                name="label_images",
+                func=list_changes,
+                inputs=["raw_images", "known_images", "feature_model"],
+                outputs="image_changes",
+                name="list_changes",
             ),
         ],
         tags=["ingestion"],

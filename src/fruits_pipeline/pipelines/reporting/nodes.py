@@ -55,43 +55,66 @@ def plot_pca_scatter(pca_features: DataFrame, pca_selection: dict[str, Any]) -> 
     return figure
 
 
+def refit_advice(pca_selection: dict[str, Any]) -> str | None:
+    """What to do when the kept PCA axes explain less than the threshold of the current
+    table's variance; None while they explain enough."""
+    share, threshold = (
+        pca_selection["current_variance_explained"],
+        pca_selection["variance_threshold"],
+    )
+    if share >= threshold:
+        return None
+    return (
+        f"The kept PCA axes explain {share:.2%} of the current images' variance, below the "
+        f"threshold of {threshold:.0%}: fit them again with "
+        "`kedro run --params dimensionality_reduction.refit=true` (every image gets new "
+        "coordinates, and the app needs the new embedder)."
+    )
+
+
 def write_run_report(
     pipeline_metrics: dict[str, Any],
-    image_quarantine: DataFrame,
+    image_features: DataFrame,
     featurization_info: dict[str, Any],
     pca_selection: dict[str, Any],
 ) -> str:
     """A one-page Markdown report: counts, quarantine, k, variance, timings, weights, versions."""
     reasons = (
-        image_quarantine.groupBy("error_class", "reason")
+        image_features.where(F.col("features").isNull())
+        .groupBy("error_class", "reason")
         .count()
         .orderBy(F.desc("count"))
         .limit(20)
         .collect()
     )
     metrics = pipeline_metrics
-    featurize_seconds = featurization_info["seconds"]
+    this_run = metrics["this_run"]
+    axes = "fitted in this run" if pca_selection["refit"] else "kept from an earlier run"
     lines = [
         "# fruits-pipeline run report",
         "",
         "| | |",
         "| --- | --- |",
-        f"| images listed | {metrics['images_in']} |",
+        f"| images in the store | {metrics['images_in']} |",
         f"| images featurized | {metrics['images_featurized']} ({metrics['classes']} classes) |",
         f"| images quarantined | {metrics['images_quarantined']} |",
-        f"| principal components kept (k) | {metrics['k']} of {metrics['feature_dim']} |",
-        f"| variance explained | {metrics['variance_explained']:.2%} "
-        f"(threshold {metrics['variance_threshold']:.0%}) |",
-        f"| featurization | {featurize_seconds:.1f} s, "
-        f"{(metrics['images_in'] / featurize_seconds) if featurize_seconds else 0:.1f} images/s, "
-        f"{featurization_info['partitions']} partitions |",
-        f"| PCA fit (scaler + full spectrum) | {pca_selection['seconds']:.1f} s |",
+        f"| this run | {this_run['images_sent_to_model']} images sent to the model, "
+        f"{this_run['images_featurized']} featurized, {this_run['images_quarantined']} "
+        f"quarantined, {this_run['images_removed']} removed, in "
+        f"{featurization_info['seconds']:.1f} s |",
+        f"| principal components kept (k) | {metrics['k']} of {metrics['feature_dim']} ({axes}) |",
+        f"| variance explained | {metrics['variance_explained']:.2%} at the fit "
+        f"(threshold {metrics['variance_threshold']:.0%}), "
+        f"{metrics['current_variance_explained']:.2%} of the current images |",
+        f"| PCA (fit or check of the kept axes) | {pca_selection['seconds']:.1f} s |",
         f"| weights | `{metrics['weights_source']}` |",
         f"| weights sha256 | `{metrics['weights_sha256']}` |",
         "",
-        "## Quarantine",
-        "",
     ]
+    advice = refit_advice(pca_selection)
+    if advice:
+        lines += [f"**Refit advised.** {advice}", ""]
+    lines += ["## Quarantine", ""]
     if reasons:
         lines += ["| error | reason | images |", "| --- | --- | ---: |"]
         lines += [f"| {row['error_class']} | {row['reason']} | {row['count']} |" for row in reasons]

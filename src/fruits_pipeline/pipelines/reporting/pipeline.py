@@ -28,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 func=write_run_report,
                 inputs=[
                     "pipeline_metrics",
-                    "image_quarantine",
+                    "image_features",
                     "featurization_info",
                     "pca_selection",
                 ],

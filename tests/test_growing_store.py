@@ -1,0 +1,331 @@
+"""A growing photo store: each run featurizes only what changed, in one Delta MERGE, and keeps
+the PCA axes; the store's history below is played once, run after run, and each test checks
+one step of it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import (
+    featurization_info,
+    image_table,
+    kedro,
+    kedro_process,
+    make_project_copy,
+    parquet,
+    run_params,
+)
+
+CLASSES = ("Avocado", "Banana Red", "Tomato Maroon", "Tomato Heart")
+PER_CLASS = 5
+# 2001-01-01: older than every photo already in the store, as an unzipped archive keeps it.
+OLD_TIME = 978307200
+
+
+@dataclass
+class Step:
+    """What one run left: its featurization_info, the image table, the PCA outputs."""
+
+    info: dict
+    table: dict[str, dict]
+    table_version: int
+    pca: dict[str, np.ndarray]
+    csv_paths: list[str]
+    metrics: dict
+
+
+def _training(sample_images: Path, label: str) -> list[Path]:
+    return sorted((sample_images / "Training" / label).glob("*.jpg"))
+
+
+def _record(spark, project: Path) -> Step:
+    import json
+
+    from delta.tables import DeltaTable
+
+    table_path = str(project / "data" / "04_feature" / "image_features")
+    rows = image_table(spark, project).collect()
+    version = DeltaTable.forPath(spark, table_path).history(1).first()["version"]
+    pca = {
+        row["path"]: row["pca_features"].toArray()
+        for row in parquet(spark, project, "07_model_output/pca_features.parquet").collect()
+    }
+    csv = spark.read.option("header", True).csv(
+        str(next((project / "data/07_model_output/pca_features.csv").glob("2*")))
+    )
+    return Step(
+        info=featurization_info(project),
+        table={row["path"]: row.asDict() for row in rows},
+        table_version=version,
+        pca=pca,
+        csv_paths=[row["path"] for row in csv.select("path").collect()],
+        metrics=json.loads((project / "data/08_reporting/metrics.json").read_text()),
+    )
+
+
+def _path(store: Path, relative: str) -> str:
+    return f"file:{store / relative}"
+
+
+@pytest.fixture(scope="module")
+def history(spark, sample_images, weights_file, tmp_path_factory) -> dict:
+    """The store's life, one `kedro run` after each change:
+    first (20 photos), again (nothing new), added (3 new photos), changed (one replaced, one
+    deleted, one empty file), unchanged (nothing new again), reweighted (other weights)."""
+    store = tmp_path_factory.mktemp("store")
+    for label in CLASSES:
+        (store / label).mkdir()
+        for image in _training(sample_images, label)[:PER_CLASS]:
+            shutil.copy2(image, store / label / image.name)
+    project = make_project_copy(tmp_path_factory.mktemp("growing"))
+    params = run_params(store, weights_file)
+    steps: dict = {"store": store, "project": project}
+
+    def run(name: str, run_with: str = params) -> None:
+        kedro(project, "run", "--params", run_with)
+        steps[name] = _record(spark, project)
+
+    run("first")
+    run("again")
+
+    # Three new photos: one whose path sorts before every path seen, in a new class folder;
+    # one with a modification time older than any seen; one plain.
+    (store / "Apple A").mkdir()
+    shutil.copy2(_training(sample_images, "Avocado")[-1], store / "Apple A" / "0.jpg")
+    old = store / "Banana Red" / "zz_old_time.jpg"
+    shutil.copy2(_training(sample_images, "Banana Red")[-1], old)
+    os.utime(old, (OLD_TIME, OLD_TIME))
+    shutil.copy2(_training(sample_images, "Tomato Maroon")[-1], store / "Tomato Maroon" / "new.jpg")
+    steps["added_paths"] = {
+        _path(store, "Apple A/0.jpg"),
+        _path(store, "Banana Red/zz_old_time.jpg"),
+        _path(store, "Tomato Maroon/new.jpg"),
+    }
+    run("added")
+
+    # One photo replaced in place by another photo, one deleted, one empty file added.
+    replaced = _training(sample_images, "Tomato Heart")[0].name
+    shutil.copyfile(_training(sample_images, "Avocado")[-2], store / "Tomato Heart" / replaced)
+    deleted = _training(sample_images, "Tomato Maroon")[0].name
+    (store / "Tomato Maroon" / deleted).unlink()
+    (store / "Avocado" / "empty.jpg").write_bytes(b"")
+    steps["replaced"] = _path(store, f"Tomato Heart/{replaced}")
+    steps["deleted"] = _path(store, f"Tomato Maroon/{deleted}")
+    steps["empty"] = _path(store, "Avocado/empty.jpg")
+    run("changed")
+    run("unchanged")
+
+    # The same numbers in another file: another sha256, so another model id.
+    other_weights = tmp_path_factory.mktemp("weights") / "other.weights.h5"
+    other_weights.write_bytes(weights_file.read_bytes() + b"other file, same numbers")
+    steps["other_weights"] = other_weights
+    run("reweighted", run_params(store, other_weights))
+    return steps
+
+
+def _store_paths(store: Path) -> set[str]:
+    return {f"file:{path}" for path in store.rglob("*.jpg")}
+
+
+def test_the_first_run_featurizes_the_whole_store(history, weights_file):
+    first = history["first"]
+    images = len(CLASSES) * PER_CLASS
+    assert first.info["images_sent_to_model"] == first.info["images_featurized"] == images
+    assert first.info["images_in_store"] == images
+    assert len(first.table) == images
+    assert {row["model_id"] for row in first.table.values()} == {first.info["weights_sha256"]}
+    assert all(len(row["features"]) == 1280 for row in first.table.values())
+    assert first.metrics["images_in"] == first.metrics["images_featurized"] == images
+    assert first.metrics["pca_refit"] is True
+    assert sorted(first.csv_paths) == sorted(first.pca) == sorted(first.table)
+
+
+def test_a_run_with_nothing_new_runs_the_model_on_nothing_and_commits_nothing(history):
+    first, again = history["first"], history["again"]
+    assert again.info["images_sent_to_model"] == 0
+    assert again.info["images_quarantined"] == again.info["images_removed"] == 0
+    assert again.table_version == first.table_version, "no MERGE committed"
+    assert again.table == first.table
+    assert again.metrics["pca_refit"] is False
+    for path, coordinates in first.pca.items():
+        np.testing.assert_array_equal(again.pca[path], coordinates)
+
+
+def test_new_photos_alone_reach_the_model_and_keep_the_axes(history):
+    again, added = history["again"], history["added"]
+    new = history["added_paths"]
+    assert added.info["images_sent_to_model"] == added.info["images_featurized"] == len(new)
+    assert set(added.table) == set(again.table) | new
+    assert len(added.table) == len(again.table) + len(new)
+    # Yesterday's photos keep their rows and their coordinates; the new ones get coordinates on
+    # the same axes.
+    for path, row in again.table.items():
+        assert added.table[path] == row
+        np.testing.assert_allclose(added.pca[path], again.pca[path], rtol=0, atol=1e-9)
+    assert added.metrics["pca_refit"] is False
+    assert added.metrics["k"] == again.metrics["k"]
+    assert set(added.pca) == set(added.table)
+    assert sorted(added.csv_paths) == sorted(added.table), "the CSV holds every image once"
+    assert 0 < added.metrics["current_variance_explained"] <= 1
+
+
+def test_replaced_deleted_and_empty_files_change_only_their_rows(history):
+    added, changed = history["added"], history["changed"]
+    replaced, deleted, empty = history["replaced"], history["deleted"], history["empty"]
+    assert changed.info["images_sent_to_model"] == 1, "only the replaced photo"
+    assert changed.info["images_removed"] == 1
+    assert changed.info["images_quarantined"] == 1
+    assert set(changed.table) == (set(added.table) - {deleted}) | {empty}
+    assert changed.table[replaced]["length"] != added.table[replaced]["length"]
+    difference = np.abs(
+        np.asarray(changed.table[replaced]["features"]) - added.table[replaced]["features"]
+    )
+    assert difference.max() > 0.01, "the replaced photo has the new photo's features"
+    assert changed.table[empty]["features"] is None
+    assert changed.table[empty]["reason"] == "empty file (0 bytes)"
+    for path in set(added.table) - {deleted, replaced}:
+        assert changed.table[path] == added.table[path]
+    assert deleted not in changed.pca and empty not in changed.pca
+    assert sorted(changed.csv_paths) == sorted(changed.pca)
+    assert changed.metrics["images_in"] == len(_store_paths(history["store"]))
+    assert changed.metrics["images_quarantined"] == 1
+
+
+def test_a_quarantined_file_is_not_retried(history):
+    changed, unchanged = history["changed"], history["unchanged"]
+    assert unchanged.info["images_sent_to_model"] == 0
+    assert unchanged.info["images_quarantined"] == 0
+    assert unchanged.table_version == changed.table_version
+    assert unchanged.table == changed.table
+
+
+def test_other_weights_redo_every_row_and_refit_the_axes(history):
+    unchanged, reweighted = history["unchanged"], history["reweighted"]
+    featurizable = sum(row["features"] is not None for row in unchanged.table.values())
+    assert reweighted.info["images_sent_to_model"] == featurizable
+    assert reweighted.info["weights_source"] == str(history["other_weights"])
+    new_id = reweighted.info["weights_sha256"]
+    assert new_id != unchanged.info["weights_sha256"]
+    assert {row["model_id"] for row in reweighted.table.values()} == {new_id}
+    assert set(reweighted.table) == set(unchanged.table)
+    assert reweighted.metrics["pca_refit"] is True, "axes of other features are not kept"
+    for path, row in unchanged.table.items():
+        if row["features"] is not None:  # same numbers in the other file: same features
+            np.testing.assert_allclose(reweighted.table[path]["features"], row["features"])
+
+
+def test_another_store_is_refused_with_a_clear_message(history, small_image_set, weights_file):
+    output = kedro(
+        history["project"],
+        "run",
+        "--params",
+        run_params(small_image_set, weights_file),
+        exit_code=1,
+    )
+    assert "The image table holds photos of another store" in output
+    assert f"not of file:{small_image_set}, which this run reads" in output
+
+
+def _model_stage_started(session: int) -> bool:
+    """Whether a process of the run's session is a PySpark Python worker daemon: the first
+    Python UDF of the pipeline is the model's, so the model stage has started."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(proc.name)) != session:
+                continue
+            if b"pyspark.daemon" in (proc / "cmdline").read_bytes():
+                return True
+        except (OSError, ProcessLookupError):
+            continue
+    return False
+
+
+def test_a_run_killed_during_the_model_stage_loses_and_duplicates_nothing(
+    spark, small_image_set, weights_file, tmp_path
+):
+    project = make_project_copy(tmp_path / "project")
+    args = ["run", "--params", run_params(small_image_set, weights_file)]
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "kedro", *args],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not _model_stage_started(killed.pid) and killed.poll() is None:
+        assert time.monotonic() < deadline, "the model stage never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the model stage of 156 images
+    os.killpg(killed.pid, signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, "killed before it finished"
+    table = project / "data" / "04_feature" / "image_features"
+    assert not (table / "_delta_log").exists() or image_table(spark, project).count() == 0
+
+    again = kedro_process(project, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = image_table(spark, project).collect()
+    paths = [row["path"] for row in rows]
+    assert len(paths) == len(set(paths)) == 13 * 12, "no duplicate, no lost image"
+    assert set(paths) == {f"file:{path}" for path in small_image_set.rglob("*.jpg")}
+    assert all((row["features"] is None) == (row["reason"] is not None) for row in rows)
+    assert featurization_info(project)["images_sent_to_model"] == 13 * 12
+
+
+def test_the_store_grows_on_s3_in_the_emr_environment(
+    s3_bucket, tiny_image_set, weights_file, tmp_path
+):
+    import json
+
+    import s3fs
+
+    from tests.s3_outputs import assert_encrypted, put_encrypted
+
+    project = make_project_copy(tmp_path / "project")
+    filesystem = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = f"{s3_bucket}/fruits-pipeline"
+    images = sorted(tiny_image_set.rglob("*.jpg"))
+    first, later = images[:-2], images[-2:]
+
+    def upload(photos: list[Path]) -> None:
+        for photo in photos:
+            relative = photo.relative_to(tiny_image_set).as_posix()
+            put_encrypted(photo, f"s3://{root}/01_raw/fruits-360/{relative}")
+
+    def run() -> dict:
+        result = kedro_process(
+            project,
+            "run",
+            "--env",
+            "emr",
+            "--params",
+            f"featurization.weights={weights_file}",
+            timeout=900,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        info = json.loads(filesystem.cat_file(f"{root}/04_feature/featurization_info.json"))
+        metrics = json.loads(filesystem.cat_file(f"{root}/08_reporting/metrics.json"))
+        return {"info": info, "metrics": metrics}
+
+    upload(first)
+    before = run()
+    assert before["info"]["images_sent_to_model"] == len(first)
+    upload(later)
+    after = run()
+    assert after["info"]["images_sent_to_model"] == len(later)
+    assert after["metrics"]["images_in"] == after["metrics"]["images_featurized"] == len(images)
+    assert after["metrics"]["pca_refit"] is False
+    assert filesystem.ls(f"{root}/04_feature/image_features/_delta_log")
+    assert_encrypted(s3_bucket)
