@@ -63,15 +63,19 @@ def list_changes(
     if known_images is None:
         known_images = listing.limit(0)
     check_same_store(known_images, image_store.location)
-    changed = listing.join(known_images.select(*ROW_IDENTITY), ROW_IDENTITY, "left_anti").select(
+    # Both sides are one small row per photo (~100 bytes): broadcast, no shuffle.
+    known = F.broadcast(known_images.select(*ROW_IDENTITY))
+    changed = listing.join(known, ROW_IDENTITY, "left_anti").select(
         "path",
         "label",
         "length",
         "modificationTime",
         _action(F.col("label"), F.col("length")).alias("action"),
     )
-    deleted = known_images.select("path").join(listing.select("path"), "path", "left_anti")
-    return changed.unionByName(
+    deleted = known_images.select("path").join(
+        F.broadcast(listing.select("path")), "path", "left_anti"
+    )
+    plan = changed.unionByName(
         deleted.select(
             "path",
             F.lit(None).cast("string").alias("label"),
@@ -80,3 +84,5 @@ def list_changes(
             F.lit(DELETE).alias("action"),
         )
     )
+    # A few rows in one file, not one per shuffle partition.
+    return plan.coalesce(1)
