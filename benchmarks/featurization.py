@@ -18,6 +18,9 @@ measurement runs ``--repeat`` times, in rounds over the sizes, and the fastest r
 machine's speed drifts from minute to minute; noise only adds time). It prints a table and writes
 the figures, and every run's times, as JSON.
 
+and, with ``--growing-store SIZE`` (default 8192), the growing store's full, 1 % new and
+nothing-new runs and the single-photo figures (``growing_store.py``).
+
     python benchmarks/featurization.py [--sizes 512,2048,8192] [--repeat 2] [--out results.json]
 """
 
@@ -39,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from growing_store import growing_store_targets, measure_growing_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FRUITS_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -604,6 +608,13 @@ def main() -> None:
         "--no-raw", action="store_true", help="skip the raw measurement (tuning runs)"
     )
     parser.add_argument(
+        "--growing-store",
+        type=int,
+        default=8192,
+        metavar="SIZE",
+        help="images in the store for the full, 1 %% new and nothing-new runs (0: skip them)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=2,
@@ -652,6 +663,18 @@ def main() -> None:
                 }
                 figures = {k: round(v, 2) for k, v in latest.items() if isinstance(v, float)}
                 print(f"round {round_number}, {size} images: {json.dumps(figures)}", flush=True)
+        growing = None
+        if args.growing_store:
+            store = Path(workdir) / "growing-store"
+            replicate_images(Path(args.images), store, args.growing_store)
+            growing = measure_growing_store(
+                store,
+                make_project(Path(workdir) / "growing-project"),
+                Path(args.images),
+                Path(args.weights),
+                child_environment(),
+            )
+            print(f"growing store: {json.dumps(growing)}", flush=True)
     spark_floor = min(floor_runs, key=lambda run: run["seconds"])
     results = [
         summarize_size(
@@ -667,8 +690,10 @@ def main() -> None:
         "spark_floor": {key: round(value, 2) for key, value in spark_floor.items()},
         "results": results,
         "steady_state": steady_state(results),
-        "targets": targets(results),
+        "targets": targets(results) + (growing_store_targets(growing) if growing else []),
     }
+    if growing:
+        report["growing_store"] = growing
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print_table(results, report["steady_state"], report["spark_floor"], report["targets"])
