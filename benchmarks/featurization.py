@@ -198,7 +198,7 @@ def floor_child(result_file: str) -> None:
     imports_s = time.perf_counter() - started
     # The project's way to start the session (class archive, JVM options): its import is
     # the project's own cost, not Spark's, so it is not counted.
-    from fruits_pipeline.hooks import create_spark_session
+    from fruits_pipeline.spark_session import create_spark_session
 
     session_started = time.perf_counter()
     spark = create_spark_session(base_config("spark.yml"))

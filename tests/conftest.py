@@ -84,7 +84,7 @@ def project_config(env: str):
 def spark():
     """One local SparkSession for the whole test session, built the way the project's hook
     builds it (conf/base/spark.yml), with two cores and no UI."""
-    from fruits_pipeline.hooks import create_spark_session
+    from fruits_pipeline.spark_session import create_spark_session
 
     spark_config = dict(project_config("local")["spark"])
     spark_config.update(

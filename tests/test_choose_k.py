@@ -4,7 +4,7 @@ threshold."""
 import numpy as np
 import pytest
 
-from fruits_pipeline.pipelines.dimensionality_reduction.nodes import choose_k
+from fruits_pipeline.explained_variance import choose_k
 
 
 def test_boundary_exactly_at_threshold_keeps_that_component():

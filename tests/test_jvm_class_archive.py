@@ -21,7 +21,7 @@ LOCAL = {"spark.master": "local[1]", "spark.driver.extraJavaOptions": "-Xms256m"
 SESSION_SCRIPT = textwrap.dedent(
     """
     import sys
-    from fruits_pipeline.hooks import create_spark_session
+    from fruits_pipeline.spark_session import create_spark_session
 
     spark = create_spark_session({
         "spark.master": "local[1]",
@@ -178,6 +178,6 @@ RUN_PARAMS = {  # as Kedro 1.x passes them to before_pipeline_run for `kedro run
     ],
 )
 def test_only_a_run_of_the_whole_pipeline_writes_the_archive(options, whole):
-    from fruits_pipeline.hooks import runs_whole_pipeline
+    from fruits_pipeline.spark_session import runs_whole_pipeline
 
     assert runs_whole_pipeline({**RUN_PARAMS, **options}) is whole

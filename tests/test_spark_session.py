@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fruits_pipeline.hooks import local_jvm_environment
+from fruits_pipeline.spark_session import local_jvm_environment
 
 
 @pytest.mark.parametrize(

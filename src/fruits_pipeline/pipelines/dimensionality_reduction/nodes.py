@@ -19,59 +19,23 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from fruits_pipeline import mobilenet_v2
+from fruits_pipeline.errors import UserError
+from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold, choose_k
 from fruits_pipeline.mobilenet_v2 import FeatureModel
 from fruits_pipeline.run_info import library_versions
 
 logger = logging.getLogger(__name__)
-
-FEATURES_VECTOR = "features_vector"
-SCALED = "scaled_features"
-PCA_FEATURES = "pca_features"
-# A fitted model's uid starts with this and the first 16 hex digits of its feature model's id.
-PCA_UID_PREFIX = "fruits_pca_"
-
-# Cumulative sums of float64 ratios land a few ulps off exact thresholds (0.7 + 0.2 < 0.9):
-# a component reaching the threshold within this tolerance counts as reaching it.
-THRESHOLD_TOLERANCE = 1e-12
 
 
 class AccountingError(RuntimeError):
     """The images written do not add up to the images read."""
 
 
-# PCA needs a covariance: at least two images.
-MIN_IMAGES = 2
-
-
-def check_threshold(threshold: float) -> float:
-    """The variance threshold as a float in (0, 1], or a ValueError naming the setting."""
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"dimensionality_reduction.variance_threshold must be in (0, 1], got {threshold!r}: "
-            "set it in conf/base/parameters_dimensionality_reduction.yml or with "
-            "--params dimensionality_reduction.variance_threshold=0.9"
-        )
-    return value
-
-
-def choose_k(explained_variance_ratio: np.ndarray, threshold: float) -> int:
-    """The fewest leading components whose cumulative explained variance reaches ``threshold``.
-
-    ``k`` is the first index where the cumulative sum is at least the threshold, plus one; never 0,
-    never more than the number of components.
-    """
-    threshold = check_threshold(threshold)
-    ratios = np.asarray(explained_variance_ratio, dtype=np.float64)
-    if ratios.size == 0:
-        raise ValueError("No explained-variance ratios: the PCA has no components.")
-    cumulative = np.cumsum(ratios)
-    reached = np.flatnonzero(cumulative >= threshold - THRESHOLD_TOLERANCE)
-    # A threshold of 1.0 may stay a few ulps out of reach of the float sum: keep every component.
-    return int(reached[0]) + 1 if reached.size else int(ratios.size)
+FEATURES_VECTOR = "features_vector"
+SCALED = "scaled_features"
+PCA_FEATURES = "pca_features"
+# A fitted model's uid starts with this and the first 16 hex digits of its feature model's id.
+PCA_UID_PREFIX = "fruits_pca_"
 
 
 def _feature_vectors(image_features: DataFrame) -> DataFrame:
@@ -213,7 +177,7 @@ def check_one_feature_model(image_features: DataFrame, model_id: str) -> None:
         _featurized(image_features).where(F.col("model_id") != model_id).select("model_id").first()
     )
     if other is not None:
-        raise ValueError(
+        raise UserError(
             f"The image table holds features of other weights (sha256 {other['model_id'][:16]}) "
             f"than featurization.weights (sha256 {model_id[:16]}): run the featurization "
             "pipeline with these weights first, or give this run the weights it used."
