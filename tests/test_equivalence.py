@@ -20,7 +20,6 @@ from fruits_pipeline.pipelines.ingestion.nodes import list_changes
 
 FEATURIZATION = {
     "inference_batch_size": 16,
-    "arrow_batch_size": 32,
     "partitions": None,
     "images_per_partition": 64,
     "inference_threads": 1,

@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import click
 from botocore.exceptions import ClientError
-from kedro.framework.cli.project import run
+from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import ProjectMetadata, bootstrap_project
 from omegaconf import OmegaConf
@@ -31,9 +31,11 @@ from fruits_pipeline.emr.release import (
     upload_images,
     upload_release,
 )
+from fruits_pipeline.run_command import with_short_user_errors
 
-# `python -m fruits_pipeline` looks for Kedro's run command here once this module exists.
+# `kedro run` and `python -m fruits_pipeline` find the run command here.
 __all__ = ["cli", "run"]
+run = with_short_user_errors(kedro_run)
 
 MISSING_SECURITY_CONFIGURATION = ("InvalidRequestException", "ResourceNotFoundException")
 ENV_OPTION = click.option(
@@ -81,6 +83,9 @@ def _emr(cluster: dict[str, Any]):
 @click.group(name="fruits_pipeline")
 def cli() -> None:
     """Project commands."""
+
+
+cli.add_command(run)
 
 
 @cli.group()

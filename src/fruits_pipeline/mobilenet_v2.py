@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from fruits_pipeline.errors import UserError
 from fruits_pipeline.run_info import library_versions
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ IMAGENET_WEIGHTS_URL = (
 )
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError, RuntimeError):
     """The MobileNetV2 weights named by ``featurization.weights`` cannot be had or used."""
 
 

@@ -3,6 +3,8 @@
 See https://docs.kedro.org/en/stable/configure/configuration_basics/ for the defaults.
 """
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
@@ -11,6 +13,9 @@ from fruits_pipeline.hooks import SparkHooks
 # SparkHooks builds the SparkSession from conf/<env>/spark.yml when a pipeline run starts,
 # after checking that the run's inputs (images, weights, S3 buckets) can be had.
 HOOKS = (SparkHooks(),)
+
+# Kedro 1.7 registers its resolvers with OmegaConf's deprecated call: nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

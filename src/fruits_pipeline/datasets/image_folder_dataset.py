@@ -16,6 +16,8 @@ from kedro_datasets._utils.spark_utils import get_spark
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits_pipeline.errors import UserError
+
 FRUITS_360_SOURCES = (
     "the Fruits-360 GitHub repository (https://github.com/fruits-360/fruits-360-100x100) or "
     "Kaggle (https://www.kaggle.com/datasets/moltean/fruits)"
@@ -31,7 +33,7 @@ _HADOOP_GLOB = re.compile(r"([\\*?\[\]{}])")
 _SCAN_WHOLE_STORE_ABOVE = 0.25
 
 
-class MissingImagesError(DatasetError):
+class MissingImagesError(UserError, DatasetError):
     """The image location holds no file matching the glob."""
 
 

@@ -186,10 +186,6 @@ def _run_model(
     """Features (or a quarantine reason) for each row of ``to_featurize``, computed once and
     persisted, and how many images the model's UDF received."""
     spark = to_featurize.sparkSession
-    # Arrow batches for this stage only: a batch is decoded into 0.6 MB per image.
-    spark.conf.set(
-        "spark.sql.execution.arrow.maxRecordsPerBatch", int(featurization["arrow_batch_size"])
-    )
     settings = WorkerSettings(
         weights_sha256=feature_model.id,
         inference_batch_size=int(featurization["inference_batch_size"]),
@@ -209,6 +205,7 @@ def _run_model(
         # Computed once: counted here, then merged into the table from this cache.
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    # The model stage is the long one: a thread logs its progress while the count runs it.
     with progress_log(images_received, images):
         results.count()
     return results, images_received.value

@@ -6,6 +6,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fruits_pipeline.datasets import ImageStore
+from fruits_pipeline.errors import UserError
 from fruits_pipeline.mobilenet_v2 import FeatureModel
 
 # What the featurization does with a row of image_changes.
@@ -27,7 +28,7 @@ def _action(label: Column, length: Column) -> Column:
     )
 
 
-class OtherStoreError(ValueError):
+class OtherStoreError(UserError, ValueError):
     """The image table holds the photos of another store than the one this run reads."""
 
 
