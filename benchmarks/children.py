@@ -1,0 +1,196 @@
+"""What each child process of the benchmark measures, in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from benchmarks.config import base_config
+
+RAW_BATCH_SIZES = (16, 32, 64, 128)
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def _raw_extractor(weights: str, threads: int):
+    from fruits_pipeline import mobilenet_v2
+
+    litert_model = mobilenet_v2.export_litert(mobilenet_v2.resolve_weights(weights))
+    return mobilenet_v2.FeatureExtractor(litert_model, threads)
+
+
+def _raw_shard(paths: list[Path], weights: str, batch_size: int, barrier, ends) -> None:
+    """One single-threaded plain-Python process over its share of the images (spawned)."""
+    import numpy as np
+
+    from fruits_pipeline import mobilenet_v2
+
+    extractor = _raw_extractor(weights, threads=1)
+    extractor(np.zeros((batch_size, 224, 224, 3), np.uint8))
+    barrier.wait()
+    for start in range(0, len(paths), batch_size):
+        decoded = [
+            mobilenet_v2.decode_image(path.read_bytes(), max_pixels=50_000_000)
+            for path in paths[start : start + batch_size]
+        ]
+        extractor(np.stack(decoded))
+    ends.put(time.monotonic())
+
+
+def _raw_processes(paths: list[Path], weights: str, batch_size: int) -> float:
+    """Seconds for one single-threaded process per core, each on every n-th image, from a common
+    start once all have built their model, to the last one's end."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = os.cpu_count() or 1
+    barrier, ends = context.Barrier(processes + 1), context.Queue()
+    workers = [
+        context.Process(
+            target=_raw_shard, args=(paths[index::processes], weights, batch_size, barrier, ends)
+        )
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    started = time.monotonic()
+    finished = max(ends.get(timeout=3600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return finished - started
+
+
+def raw_child(images_dir: str, weights: str, result_file: str) -> None:
+    """The same decoding and the same LiteRT model in plain Python, the faster of two layouts:
+    one process with one LiteRT thread per core (decoding in a thread pool ahead of the model),
+    or one single-threaded process per core (the layout of Spark's Python workers)."""
+    import numpy as np
+
+    from fruits_pipeline import mobilenet_v2
+
+    paths = sorted(Path(images_dir).rglob("*.jpg"))
+    # Exports the model (or reads it from the cache) before any timing, for both layouts.
+    extractor = _raw_extractor(weights, threads=os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count())
+
+    def decode(path: Path):
+        return mobilenet_v2.decode_image(path.read_bytes(), max_pixels=50_000_000)
+
+    def run(batch_paths: list[Path], batch_size: int) -> float:
+        started = time.perf_counter()
+        batches = [batch_paths[i : i + batch_size] for i in range(0, len(batch_paths), batch_size)]
+        pending = pool.map(lambda batch: np.stack(list(map(decode, batch))), batches)
+        for decoded in pending:  # pool.map decodes ahead while the model runs
+            extractor(decoded)
+        return time.perf_counter() - started
+
+    warm = paths[: min(len(paths), 256)]
+    run(warm[:32], 32)  # first call sets up LiteRT's buffers and XNNPACK's packed weights
+    trial = {size: len(warm) / run(warm, size) for size in RAW_BATCH_SIZES}
+    best = max(trial, key=trial.get)
+    layouts = {
+        "one process, all threads": len(paths) / run(paths, best),
+        "one single-threaded process per core": len(paths) / _raw_processes(paths, weights, best),
+    }
+    fastest = max(layouts, key=layouts.get)
+    Path(result_file).write_text(
+        json.dumps(
+            {
+                "raw_img_s": layouts[fastest],
+                "raw_layout": fastest,
+                "raw_layouts_img_s": layouts,
+                "raw_batch_size": best,
+                "raw_trials_img_s": trial,
+            }
+        )
+    )
+
+
+def export_child(weights: str, result_file: str) -> None:
+    """Exports the LiteRT model into the cache the runs read (a one-time cost per weights file
+    and library versions), and says how long it took and whether it was there already."""
+    started = time.perf_counter()
+    from fruits_pipeline import mobilenet_v2
+
+    weights_file = mobilenet_v2.resolve_weights(weights)
+    cached = mobilenet_v2.litert_cache_path(weights_file).is_file()
+    mobilenet_v2.export_litert(weights_file)
+    Path(result_file).write_text(
+        json.dumps({"seconds": time.perf_counter() - started, "was_cached": cached})
+    )
+
+
+def floor_child(result_file: str) -> None:
+    """What any Spark pipeline pays around its model with this project's Spark settings, from a
+    fresh process: importing PySpark and pandas, starting the SparkSession (the JVM with its
+    class archive and options) and a first job through a pandas UDF, which starts one Python
+    worker per task slot. No Kedro, no file read or written, no model."""
+    started = time.perf_counter()
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    imports_s = time.perf_counter() - started
+    # The project's way to start the session (class archive, JVM options): its import is
+    # the project's own cost, not Spark's, so it is not counted.
+    from fruits_pipeline.spark_session import create_spark_session
+
+    session_started = time.perf_counter()
+    spark = create_spark_session(base_config("spark.yml"))
+    session_s = time.perf_counter() - session_started
+
+    def plus_one(ids: pd.Series) -> pd.Series:
+        return ids + 1
+
+    # Real types for PySpark to read (this module's annotations are strings, and pd is local).
+    plus_one.__annotations__ = {"ids": pd.Series, "return": pd.Series}
+    plus_one = F.pandas_udf(plus_one, "long")
+    job_started = time.perf_counter()
+    slots = spark.sparkContext.defaultParallelism
+    spark.range(0, 1000, 1, slots).select(plus_one("id").alias("id")).agg(F.sum("id")).collect()
+    job_s = time.perf_counter() - job_started
+    Path(result_file).write_text(
+        json.dumps(
+            {
+                "seconds": imports_s + session_s + job_s,
+                "imports_s": imports_s,
+                "session_s": session_s,
+                "first_udf_job_s": job_s,
+            }
+        )
+    )
+
+
+def pipeline_child(
+    project: str, images_dir: str, weights: str, extra_params: str, result_file: str
+) -> None:
+    """The three pipelines through Kedro and Spark, one session each, in this one process."""
+    started = time.perf_counter()
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(Path(project))
+    params = {"raw_images_path": images_dir, "featurization": {"weights": weights}}
+    for assignment in filter(None, extra_params.split(",")):
+        key, value = assignment.split("=", 1)
+        *parents, leaf = key.split(".")
+        target = params
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
+    stages = {}
+    for name in ("ingestion", "featurization", "dimensionality_reduction"):
+        stage_started = time.perf_counter()
+        with KedroSession.create(project_path=Path(project), runtime_params=params) as session:
+            session.run(pipeline_names=[name])
+        stages[name] = time.perf_counter() - stage_started
+        if name == "featurization":
+            # From process start: imports, JVM, Python workers and model load all count.
+            stages["to_features"] = time.perf_counter() - started
+    Path(result_file).write_text(json.dumps(stages))

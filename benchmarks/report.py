@@ -1,0 +1,202 @@
+"""The figures of a benchmark run: per size, the steady state, the targets, the table."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import platform
+import time
+
+from benchmarks.config import TARGETS, base_config
+
+
+def summarize_size(
+    size: int, raw_runs: list[dict], pipeline_runs: list[dict], params: str, spark_floor_s: float
+) -> dict:
+    """The figures of one size from its repeated runs: the fastest raw run and the fastest
+    pipeline run (to the features), as timeit does, since noise only ever adds time; peak memory
+    is the highest of all runs. Every run's times are kept under ``runs``.
+
+    ``ratio_ceiling`` is the most any Spark pipeline could reach at this size: the model's own
+    time at the raw speed plus Spark's floor (``floor_child``) and nothing else."""
+    raw = max(
+        raw_runs,
+        key=lambda run: run["raw_img_s"],
+        default={"raw_img_s": float("nan"), "raw_batch_size": None, "raw_trials_img_s": {}},
+    )
+    best = min(pipeline_runs, key=lambda run: run["to_features"])
+    pipeline_img_s = size / best["to_features"]
+    cores = os.cpu_count() or 1
+    model_s = size / raw["raw_img_s"]
+    ratio_ceiling = model_s / (model_s + spark_floor_s)
+    return {
+        "images": size,
+        "raw_img_s": round(raw["raw_img_s"], 2),
+        "raw_batch_size": raw["raw_batch_size"],
+        "raw_layout": raw.get("raw_layout"),
+        "raw_layouts_img_s": {k: round(v, 2) for k, v in raw.get("raw_layouts_img_s", {}).items()},
+        "raw_trials_img_s": {str(k): round(v, 2) for k, v in raw["raw_trials_img_s"].items()},
+        "raw_peak_mb": round(raw["raw_peak_mb"], 1) if raw_runs else None,
+        "pipeline_img_s": round(pipeline_img_s, 2),
+        "ratio": round(pipeline_img_s / raw["raw_img_s"], 3),
+        "ratio_ceiling": round(ratio_ceiling, 3),
+        "params": params,
+        "ingestion_s": round(best["ingestion"], 2),
+        "featurize_s": round(best["featurization"], 2),
+        "to_features_s": round(best["to_features"], 2),
+        "pca_s": round(best["dimensionality_reduction"], 2),
+        "pca_share_of_featurize": round(
+            best["dimensionality_reduction"] / best["featurization"], 3
+        ),
+        "per_core_img_s": round(pipeline_img_s / cores, 2),
+        "per_core_ceiling_img_s": round(ratio_ceiling * raw["raw_img_s"] / cores, 2),
+        "driver_peak_mb": round(max(run["driver_peak_mb"] for run in pipeline_runs), 1),
+        "worker_peak_mb": round(max(run["worker_peak_mb"] for run in pipeline_runs), 1),
+        "runs": {
+            "raw_img_s": [round(run["raw_img_s"], 2) for run in raw_runs],
+            "to_features_s": [round(run["to_features"], 2) for run in pipeline_runs],
+            "ingestion_s": [round(run["ingestion"], 2) for run in pipeline_runs],
+            "featurize_s": [round(run["featurization"], 2) for run in pipeline_runs],
+            "pca_s": [round(run["dimensionality_reduction"], 2) for run in pipeline_runs],
+        },
+    }
+
+
+def environment() -> dict:
+    from fruits_pipeline.run_info import library_versions
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "parameters": base_config("parameters_featurization.yml"),
+        "spark": base_config("spark.yml"),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def print_table(
+    results: list[dict], steady: list[str], spark_floor: dict, checks: list[dict]
+) -> None:
+    columns = (
+        ("images", "images"),
+        ("raw img/s", "raw_img_s"),
+        ("pipeline img/s", "pipeline_img_s"),
+        ("ratio", "ratio"),
+        ("per core", "per_core_img_s"),
+        ("ingest s", "ingestion_s"),
+        ("featurize s", "featurize_s"),
+        ("pca s", "pca_s"),
+        ("pca/feat", "pca_share_of_featurize"),
+        ("driver MB", "driver_peak_mb"),
+        ("workers MB", "worker_peak_mb"),
+    )
+    print(" | ".join(title for title, _ in columns))
+    for result in results:
+        print(" | ".join(str(result[key]) for _, key in columns))
+    for line in steady:
+        print(line)
+    print(
+        f"Spark's floor (a fresh process: PySpark and pandas imported, the SparkSession, a first "
+        f"pandas UDF job on every task slot; no Kedro, no file, no model): "
+        f"{spark_floor['seconds']} s ({spark_floor['imports_s']} + {spark_floor['session_s']} + "
+        f"{spark_floor['first_udf_job_s']})"
+    )
+    print("targets:")
+    for target in checks:
+        verdict = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
+        ceiling = target.get("spark_ceiling")
+        beyond = (
+            ""
+            if ceiling is None or math.isnan(ceiling)
+            else f" (at most {ceiling} for any Spark pipeline here, with the floor above)"
+        )
+        print(f"  {target['target']} {target['goal']}: {target['measured']} -> {verdict}{beyond}")
+
+
+def steady_state(results: list[dict]) -> list[str]:
+    """The featurization stage's rate on the images added between the two largest sizes, where
+    the fixed costs cancel out."""
+    if len(results) < 2:
+        return []
+    smaller, larger = sorted(results, key=lambda result: result["images"])[-2:]
+    rate = (larger["images"] - smaller["images"]) / (larger["featurize_s"] - smaller["featurize_s"])
+    cores = os.cpu_count() or 1
+    return [
+        f"steady state, featurization stage from {smaller['images']} to {larger['images']} "
+        f"images: {rate:.1f} images/s, {rate / cores:.1f} per core, "
+        f"{rate / larger['raw_img_s']:.2f} x raw"
+    ]
+
+
+def targets(results: list[dict]) -> list[dict]:
+    """The issue's targets against this run's figures (met is None where the sizes or the raw
+    measurement needed are missing)."""
+    by_size = {result["images"]: result for result in results}
+    largest = by_size[max(by_size)]
+    ratio = largest["ratio"]
+
+    def target(name: str, goal: str, measured, met, ceiling=None) -> dict:
+        """``ceiling``: the most any Spark pipeline could measure here (see summarize_size)."""
+        row = {"target": name, "goal": goal, "measured": measured, "met": met}
+        return row if ceiling is None else {**row, "spark_ceiling": ceiling}
+
+    checks = [
+        target(
+            f"pipeline/raw at {largest['images']} images, cold start included",
+            f">= {TARGETS['pipeline_over_raw_min']}",
+            ratio,
+            # NaN without the raw measurement
+            None if math.isnan(ratio) else ratio >= TARGETS["pipeline_over_raw_min"],
+            largest["ratio_ceiling"],
+        ),
+        target(
+            f"pipeline images/s per core at {largest['images']} images",
+            f">= {TARGETS['per_core_img_s_min']}",
+            largest["per_core_img_s"],
+            largest["per_core_img_s"] >= TARGETS["per_core_img_s_min"],
+            largest["per_core_ceiling_img_s"],
+        ),
+        target(
+            f"PCA pipeline / featurization at {largest['images']} images",
+            f"<= {TARGETS['pca_share_of_featurize_max']}",
+            largest["pca_share_of_featurize"],
+            largest["pca_share_of_featurize"] <= TARGETS["pca_share_of_featurize_max"],
+        ),
+    ]
+    for key in ("driver_peak_mb", "worker_peak_mb"):
+        growth = None
+        if 2048 in by_size and 8192 in by_size:
+            growth = round(by_size[8192][key] / by_size[2048][key] - 1, 3)
+        checks.append(
+            target(
+                f"{key} growth from 2,048 to 8,192 images",
+                f"<= +{TARGETS['memory_growth_max']}",
+                growth,
+                None if growth is None else growth <= TARGETS["memory_growth_max"],
+            )
+        )
+    # Linear: seconds per added image alike (within 20 %) between each pair of consecutive sizes.
+    ordered = sorted(results, key=lambda result: result["images"])
+    per_image = [
+        round(
+            (larger["to_features_s"] - smaller["to_features_s"])
+            / (larger["images"] - smaller["images"]),
+            5,
+        )
+        for smaller, larger in itertools.pairwise(ordered)
+    ]
+    checks.append(
+        target(
+            "run time linear in images: seconds per added image, consecutive sizes",
+            f"within {TARGETS['linear_spread_max']:.0%} of each other",
+            per_image,
+            None
+            if len(per_image) < 2
+            else max(per_image) <= (1 + TARGETS["linear_spread_max"]) * min(per_image),
+        )
+    )
+    return checks

@@ -1,0 +1,173 @@
+"""Running the measurements: the images, the projects, the child processes and their memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.config import PROJECT_ROOT, base_config
+
+# ----------------------------------------------------------------------------- data
+
+
+def replicate_images(source: Path, target: Path, count: int) -> None:
+    """``count`` real images under ``target`` in their class folders (hard links where possible)."""
+    images = sorted(source.rglob("*.jpg"))
+    if not images:
+        raise SystemExit(f"No image under {source}: set --images or FRUITS_SHARED_DATA.")
+    for index in range(count):
+        image = images[index % len(images)]
+        copy = target / image.parent.name / f"{index // len(images)}_{image.name}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(image, copy)
+        except OSError:
+            shutil.copyfile(image, copy)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class MemorySampler(threading.Thread):
+    """Peak resident memory of a process tree, split into the driver (the Python process and its
+    JVM) and Spark's Python workers (``pyspark.daemon`` and the workers it forks)."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._stop_event = threading.Event()
+        self.driver_peak_mb = 0.0
+        self.worker_peak_mb = 0.0
+
+    def run(self) -> None:
+        import psutil
+
+        while not self._stop_event.is_set():
+            driver = workers = 0
+            try:
+                processes = [self._root, *self._root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for process in processes:
+                try:
+                    rss = process.memory_info().rss
+                    command = " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                if "pyspark.daemon" in command or "pyspark/daemon" in command:
+                    workers += rss
+                else:
+                    driver += rss
+            self.driver_peak_mb = max(self.driver_peak_mb, driver / 2**20)
+            self.worker_peak_mb = max(self.worker_peak_mb, workers / 2**20)
+            time.sleep(self._interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of the benchmark's child processes: no telemetry, and Spark's Python
+    workers on this interpreter."""
+    return {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYSPARK_PYTHON": sys.executable}
+
+
+def run_child(mode: str, *args: str) -> tuple[dict, MemorySampler]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        result_file = handle.name
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", f"--child-{mode}", *args, result_file],
+        cwd=PROJECT_ROOT,
+        env=child_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sampler = MemorySampler(child.pid)
+    sampler.start()
+    _, errors = child.communicate()
+    sampler.stop()
+    if child.returncode != 0:
+        raise SystemExit(f"{mode} run failed:\n{errors[-4000:]}")
+    result = json.loads(Path(result_file).read_text())
+    os.unlink(result_file)
+    return result, sampler
+
+
+def make_project(target: Path) -> Path:
+    shutil.copytree(PROJECT_ROOT / "conf", target / "conf", ignore=shutil.ignore_patterns("local"))
+    (target / "conf" / "local").mkdir()
+    shutil.copy2(PROJECT_ROOT / "pyproject.toml", target / "pyproject.toml")
+    (target / "src").mkdir()
+    return target
+
+
+# ----------------------------------------------------------------------------- main
+
+CLASS_ARCHIVE_IMAGES = 64
+
+
+def write_class_archive(images: Path, weights: Path) -> dict:
+    """Writes the class archive of Spark's local JVM (fruits_pipeline.jvm_class_archive) with one
+    `kedro run` of the whole pipeline on a few images, unless the cache has it already."""
+    from fruits_pipeline.jvm_class_archive import with_class_archive
+
+    spark_config = base_config("spark.yml")
+    mapping_config, to_write = with_class_archive(spark_config, write=True)
+    if to_write is None:
+        # Options added without one to write: the archive is there to map.
+        there = mapping_config != spark_config
+        state = "already in the cache" if there else "not used (needs Java 13+)"
+        return {"state": state, "seconds": 0.0}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-archive-") as workdir:
+        image_dir = Path(workdir) / "images"
+        replicate_images(images, image_dir, CLASS_ARCHIVE_IMAGES)
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kedro",
+                "run",
+                "--params",
+                f"raw_images_path={image_dir},featurization.weights={weights}",
+            ],
+            cwd=make_project(Path(workdir) / "project"),
+            env=child_environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if ran.returncode != 0:
+            raise SystemExit(f"the run that writes the class archive failed:\n{ran.stderr[-4000:]}")
+    return {"state": "written now", "seconds": round(time.perf_counter() - started, 1)}
+
+
+def measure_raw(image_dir: Path, weights: Path) -> dict:
+    raw, memory = run_child("raw", str(image_dir), str(weights))
+    return {**raw, "raw_peak_mb": memory.driver_peak_mb}
+
+
+def measure_pipeline(image_dir: Path, weights: Path, project: Path, params: str) -> dict:
+    """One run of the three pipelines in a fresh process and a fresh project (empty data/)."""
+    make_project(project)
+    try:
+        stages, memory = run_child("pipeline", str(project), str(image_dir), str(weights), params)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+    return {
+        **stages,
+        "driver_peak_mb": memory.driver_peak_mb,
+        "worker_peak_mb": memory.worker_peak_mb,
+    }
