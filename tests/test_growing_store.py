@@ -275,7 +275,7 @@ def test_a_run_killed_during_the_model_stage_loses_and_duplicates_nothing(
     table = project / "data" / "04_feature" / "image_features"
     assert not (table / "_delta_log").exists() or image_table(spark, project).count() == 0
 
-    again = kedro_process(project, *args)
+    again = kedro_process(project, *args, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     rows = image_table(spark, project).collect()
     paths = [row["path"] for row in rows]
