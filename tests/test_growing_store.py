@@ -25,6 +25,7 @@ from tests.conftest import (
     parquet,
     run_params,
 )
+from tests.test_preflight import failed_before_spark
 
 CLASSES = ("Avocado", "Banana Red", "Tomato Maroon", "Tomato Heart")
 PER_CLASS = 5
@@ -142,6 +143,7 @@ def test_the_first_run_featurizes_the_whole_store(history, weights_file):
     images = len(CLASSES) * PER_CLASS
     assert first.info["images_sent_to_model"] == first.info["images_featurized"] == images
     assert first.info["images_in_store"] == images
+    assert first.info["photo_store"] == f"file:{history['store']}"
     assert len(first.table) == images
     assert {row["model_id"] for row in first.table.values()} == {first.info["weights_sha256"]}
     assert all(len(row["features"]) == 1280 for row in first.table.values())
@@ -225,16 +227,24 @@ def test_other_weights_redo_every_row_and_refit_the_axes(history):
 
 
 def test_another_store_is_refused_with_a_clear_message(history, small_image_set, weights_file):
-    # The real CLI in a fresh process: its message alone, no traceback.
+    # The real CLI in a fresh process, stopped before Spark: its message alone.
     result = kedro_process(
         history["project"], "run", "--params", run_params(small_image_set, weights_file)
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    last = output.rstrip().splitlines()[-1]
-    assert last.startswith("Error: The image table holds photos of another store")
-    assert f"not of file:{small_image_set}, which this run reads" in last
+    output = failed_before_spark(result, history["project"])
+    assert "Error: The image table holds photos of another store" in output
+    assert f"not of file:{small_image_set}, which this run reads" in output
+
+
+def test_the_tables_rows_are_checked_too(spark, history, small_image_set):
+    from fruits_pipeline.datasets import ImageFolderDataset
+    from fruits_pipeline.errors import OtherStoreError
+    from fruits_pipeline.pipelines.ingestion.nodes import check_same_store
+
+    other = ImageFolderDataset(path=str(small_image_set)).location
+    check_same_store(image_table(spark, history["project"]), f"file:{history['store']}")
+    with pytest.raises(OtherStoreError, match=f"not of {other}, which this run reads"):
+        check_same_store(image_table(spark, history["project"]), other)
 
 
 def _model_stage_started(session: int) -> bool:

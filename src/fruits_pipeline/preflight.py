@@ -11,7 +11,7 @@ from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
 from fruits_pipeline.datasets import FeatureModelDataset, ImageFolderDataset, MissingImagesError
-from fruits_pipeline.errors import UserError
+from fruits_pipeline.errors import OtherStoreError, UserError
 from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold
 
 FEATURE_MODEL = "feature_model"
@@ -54,10 +54,25 @@ def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
                 f"PCA needs at least {MIN_IMAGES} images and {dataset} holds {images}: point "
                 "raw_images_path at the folder that holds the class folders."
             )
+    check_same_store(pipeline, catalog)
     if FEATURE_MODEL in pipeline.inputs():
         # Loads the weights into the architecture and exports the model the workers run (cached
         # for the nodes' own loads), so that a corrupt file or one for another model fails here.
         catalog.load(FEATURE_MODEL)
+
+
+def check_same_store(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+    """Before Spark: a run that lists a store refuses one whose image table the last
+    featurization made from another store (its featurization_info says which). list_changes
+    checks the table's rows themselves once Spark runs."""
+    if not {"raw_images", "known_images"} <= pipeline.inputs():
+        return
+    store = catalog.get("raw_images")
+    if not catalog.exists("featurization_info"):
+        return
+    last = catalog.load("featurization_info").get("photo_store")
+    if last is not None and last != store.location:
+        raise OtherStoreError(last, store.location)
 
 
 def s3_buckets(catalog_config: dict[str, Any], dataset_names: set[str]) -> dict[str, list[str]]:

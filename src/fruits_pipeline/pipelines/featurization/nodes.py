@@ -267,6 +267,7 @@ def extract_features(
         "feature_dim": mobilenet_v2.FEATURE_DIM,
         "weights_source": feature_model.weights.source,
         "weights_sha256": feature_model.id,
+        "photo_store": image_store.location,
         "images_in_store": image_store.listing.count(),
         "images_sent_to_model": images_received,
         "images_featurized": featurized,

@@ -6,7 +6,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fruits_pipeline.datasets import ImageStore
-from fruits_pipeline.errors import UserError
+from fruits_pipeline.errors import OtherStoreError
 from fruits_pipeline.mobilenet_v2 import FeatureModel
 
 # What the featurization does with a row of image_changes.
@@ -28,21 +28,12 @@ def _action(label: Column, length: Column) -> Column:
     )
 
 
-class OtherStoreError(UserError, ValueError):
-    """The image table holds the photos of another store than the one this run reads."""
-
-
 def check_same_store(known_images: DataFrame, location: str) -> None:
     """Refuses a table that holds photos from outside the store: its rows of the other store
     would all be deleted, or the two mixed."""
     stranger = known_images.where(~F.col("path").startswith(location + "/")).select("path").first()
     if stranger is not None:
-        raise OtherStoreError(
-            f"The image table holds photos of another store ({stranger['path']}), not of "
-            f"{location}, which this run reads. Each store has its own table: give this store "
-            "its own project folder (or data/ tree), or delete data/04_feature/image_features to "
-            "start the table again from this store."
-        )
+        raise OtherStoreError(stranger["path"], location)
 
 
 def list_changes(
