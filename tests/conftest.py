@@ -155,26 +155,43 @@ def kedro_process(project: Path, *args: str, timeout: int = 300) -> subprocess.C
     )
 
 
+class _RunnerLog(logging.Handler):
+    """Keeps the messages of Kedro's runner ("Completed 3 out of 3 tasks"): the project's
+    console handler writes to the real stderr, which Click's test runner does not capture."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def kedro(project: Path, *args: str, exit_code: int = 0) -> str:
     """Runs Kedro's CLI in ``project``, in this process (so it shares the test session's
-    SparkSession), and returns its output (and the error a failed run raised); fails the test
-    on another exit code."""
+    SparkSession), and returns its output, its runner's log and the error a failed run raised;
+    fails the test on another exit code."""
     from click.testing import CliRunner
     from kedro.framework.cli.cli import KedroCLI
 
     cwd = Path.cwd()
     os.chdir(project)
+    # Not a logger that conf/logging.yml names: its handlers survive Kedro's logging set-up.
+    runner_logger, runner_log = logging.getLogger("kedro.runner"), _RunnerLog()
+    runner_logger.addHandler(runner_log)
     try:
         result = CliRunner().invoke(
             KedroCLI(project_path=project), list(args), catch_exceptions=True
         )
     finally:
+        runner_logger.removeHandler(runner_log)
         os.chdir(cwd)
+    output = "\n".join([result.output, *runner_log.messages])
     if result.exit_code != exit_code:
         raise AssertionError(
-            f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{result.output}"
+            f"kedro {' '.join(args)} exited {result.exit_code}: {result.exception}\n{output}"
         ) from result.exception
-    return result.output + (f"\n{result.exception}" if result.exception else "")
+    return output + (f"\n{result.exception}" if result.exception else "")
 
 
 @pytest.fixture(scope="session")
