@@ -52,13 +52,15 @@ class ImageStore:
     ``listing`` has one row per image file, read from the filesystem's own listing without the
     files' content: ``path`` (as Spark's ``binaryFile`` writes it), ``label`` (the name of the
     folder that holds the file; null for a file directly in the store's root), ``length`` and
-    ``modificationTime``. ``contents`` reads the bytes of some of those files with ``binaryFile``.
+    ``modificationTime``; ``images`` counts its rows. ``contents`` reads the bytes of some of
+    those files with ``binaryFile``.
     """
 
     location: str
     glob: str
     recursive: bool
     listing: DataFrame
+    images: int
 
     def contents(self, paths: DataFrame) -> DataFrame:
         """``path, content`` of the files of ``paths`` (a DataFrame with a ``path`` column) that
@@ -68,7 +70,7 @@ class ImageStore:
         if not wanted:
             return spark.createDataFrame([], "path string, content binary")
         reader = spark.read.format("binaryFile").option("pathGlobFilter", self.glob)
-        if len(wanted) > _SCAN_WHOLE_STORE_ABOVE * self.listing.count():
+        if len(wanted) > _SCAN_WHOLE_STORE_ABOVE * self.images:
             scanned = reader.option("recursiveFileLookup", str(self.recursive).lower()).load(
                 self.location
             )
@@ -125,7 +127,7 @@ class ImageFolderDataset(AbstractDataset[ImageStore, None]):
             pd.DataFrame(rows, columns=["path", "label", "length", "modificationTime"]),
             LISTING_SCHEMA,
         )
-        return ImageStore(self.location, self._glob, self._recursive, listing)
+        return ImageStore(self.location, self._glob, self._recursive, listing, len(rows))
 
     def list_images(self) -> list[tuple[str, str | None, int, datetime]]:
         """(path, label, length, modificationTime) of every matching file, sorted by path."""

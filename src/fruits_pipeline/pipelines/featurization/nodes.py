@@ -268,7 +268,7 @@ def extract_features(
         "weights_source": feature_model.weights.source,
         "weights_sha256": feature_model.id,
         "photo_store": image_store.location,
-        "images_in_store": image_store.listing.count(),
+        "images_in_store": image_store.images,
         "images_sent_to_model": images_received,
         "images_featurized": featurized,
         "images_quarantined": quarantined,
