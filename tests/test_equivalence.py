@@ -118,3 +118,31 @@ def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_feature
     signs = np.sign(np.sum(spark_projection * expected_projection, axis=0))
     scale = np.abs(expected_projection).max()
     assert np.abs(spark_projection * signs - expected_projection).max() <= 1e-6 * scale
+
+
+def test_pca_model_equals_mllib_own_fit(spark_features):
+    """The scaler and PCA(k) built from numpy moments are the models MLlib's StandardScaler
+    and PCA fit on the same features (each axis up to its sign)."""
+    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.functions import array_to_vector
+
+    image_features, _ = spark_features
+    pca_model, selection = fit_pca(image_features, 0.9, "0" * 64)
+    scaler, pca = pca_model.stages
+    k = selection["k"]
+
+    vectors = image_features.select(array_to_vector("features").alias("features_vector"))
+    mllib_scaler = StandardScaler(
+        inputCol="features_vector", outputCol="scaled", withMean=True, withStd=True
+    ).fit(vectors)
+    mllib_pca = PCA(k=k, inputCol="scaled", outputCol="pca").fit(mllib_scaler.transform(vectors))
+
+    np.testing.assert_allclose(scaler.mean.toArray(), mllib_scaler.mean.toArray(), atol=1e-9)
+    np.testing.assert_allclose(scaler.std.toArray(), mllib_scaler.std.toArray(), atol=1e-9)
+    np.testing.assert_allclose(
+        pca.explainedVariance.toArray(), mllib_pca.explainedVariance.toArray(), atol=1e-9
+    )
+    ours, theirs = pca.pc.toArray(), mllib_pca.pc.toArray()
+    assert ours.shape == theirs.shape == (1280, k)
+    signs = np.sign(np.sum(ours * theirs, axis=0))
+    assert np.abs(ours * signs - theirs).max() <= 1e-6

@@ -9,12 +9,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from pyspark import SparkContext, StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCA, PCAModel, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.stat import Summarizer
-from pyspark.ml.wrapper import JavaWrapper
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -22,6 +19,11 @@ from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.errors import UserError
 from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold, choose_k
 from fruits_pipeline.mobilenet_v2 import FeatureModel
+from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import (
+    feature_moments,
+    mllib_models,
+    standardized_pca,
+)
 from fruits_pipeline.run_info import library_versions
 
 logger = logging.getLogger(__name__)
@@ -42,38 +44,6 @@ def _feature_vectors(image_features: DataFrame) -> DataFrame:
     return image_features.withColumn(FEATURES_VECTOR, array_to_vector("features"))
 
 
-def _leading_components(full: PCAModel, k: int) -> PCAModel:
-    """The PCA(k) model MLlib would fit, cut from the full-spectrum fit.
-
-    ``PCA(k).fit`` computes the same covariance and the same decomposition as the full fit and
-    keeps their first k columns, so cutting them saves a second pass over the data (MLlib builds
-    the covariance row by row: that pass is most of the PCA's time). PySpark has no public way to
-    build a PCAModel from its matrix; the Scala constructor is ``private[ml]``, which is public
-    in the bytecode, and has kept its signature (uid, pc, explainedVariance) since Spark 2.0.
-    The cut stays in the JVM: the 1280x1280 matrix through Python took 2-2.6 s.
-    """
-    jvm = SparkContext._active_spark_context._jvm
-    # Column-major: the first k columns are the first dimension * k values.
-    full_components = full._java_obj.pc().toDenseColMajor()
-    dimension = full_components.numRows()
-    components = full_components.values()
-    variances = full._java_obj.explainedVariance().values()
-    java_model = JavaWrapper._new_java_obj(
-        "org.apache.spark.ml.feature.PCAModel",
-        full.uid,
-        jvm.org.apache.spark.ml.linalg.DenseMatrix(
-            dimension, k, jvm.java.util.Arrays.copyOfRange(components, 0, dimension * k)
-        ),
-        jvm.org.apache.spark.ml.linalg.DenseVector(
-            jvm.java.util.Arrays.copyOfRange(variances, 0, k)
-        ),
-    )
-    model = PCAModel(java_model)
-    return model.copy(
-        {model.k: k, model.inputCol: full.getInputCol(), model.outputCol: full.getOutputCol()}
-    )
-
-
 def _featurized(image_features: DataFrame) -> DataFrame:
     """The image table's rows that have features (the others are quarantined)."""
     return image_features.where(F.col("features").isNotNull())
@@ -86,30 +56,19 @@ def _fitted_with(model: PipelineModel, model_id: str) -> bool:
 def fit_pca(
     image_features: DataFrame, threshold: float, model_id: str
 ) -> tuple[PipelineModel, dict[str, Any]]:
-    """Standardization + PCA in one pass over the features: the full-spectrum fit chooses k, and
-    its first k components are the scaler + PCA(k) model kept for new images. The model's uid
-    names the feature model it was fitted on."""
+    """Standardization + PCA in one pass over the features (``standardized_pca``): the full
+    spectrum chooses k, and its first k axes make the scaler + PCA(k) model kept for new images.
+    The model's uid names the feature model it was fitted on."""
     started = time.perf_counter()
-    vectors = _feature_vectors(_featurized(image_features)).select(FEATURES_VECTOR)
-    # The scaler and the PCA each pass over the features: read the table once.
-    vectors.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        images = vectors.count()
-        if images < MIN_IMAGES:
-            raise ValueError(
-                f"PCA needs at least {MIN_IMAGES} featurized images, got {images}: check "
-                "raw_images_path and the quarantine in the run report."
-            )
-        dimension = len(vectors.first()[FEATURES_VECTOR])
-        scaler = StandardScaler(
-            inputCol=FEATURES_VECTOR, outputCol=SCALED, withMean=True, withStd=True
-        ).fit(vectors)
-        full = PCA(k=dimension, inputCol=SCALED, outputCol=PCA_FEATURES).fit(
-            scaler.transform(vectors)
+    moments = feature_moments(_featurized(image_features), "features")
+    if moments.images < MIN_IMAGES:
+        raise ValueError(
+            f"PCA needs at least {MIN_IMAGES} featurized images, got {moments.images}: check "
+            "raw_images_path and the quarantine in the run report."
         )
-    finally:
-        vectors.unpersist()
-    ratios = full.explainedVariance.toArray()
+    fit = standardized_pca(moments)
+    ratios = fit.explained_variance
+    dimension = ratios.size
     k = choose_k(ratios, threshold)
     cumulative = np.cumsum(ratios)
     logger.info(
@@ -118,11 +77,11 @@ def fit_pca(
         dimension,
         cumulative[k - 1],
         threshold,
-        images,
+        moments.images,
     )
     selection = {
         "refit": True,
-        "images": images,
+        "images": moments.images,
         "feature_dim": dimension,
         "variance_threshold": threshold,
         "k": k,
@@ -131,8 +90,15 @@ def fit_pca(
         "explained_variance_ratio": [float(ratio) for ratio in ratios],
         "seconds": round(time.perf_counter() - started, 3),
     }
-    model = PipelineModel(stages=[scaler, _leading_components(full, k)])
-    model.uid = f"{PCA_UID_PREFIX}{model_id[:16]}_{uuid.uuid4().hex[:12]}"
+    uid = f"{PCA_UID_PREFIX}{model_id[:16]}_{uuid.uuid4().hex[:12]}"
+    model = PipelineModel(
+        stages=list(
+            mllib_models(
+                fit, k, uid, input_col=FEATURES_VECTOR, scaled_col=SCALED, output_col=PCA_FEATURES
+            )
+        )
+    )
+    model.uid = uid
     return model, selection
 
 

@@ -1,0 +1,191 @@
+"""Standardization + PCA fitted from numpy moments, returned as MLlib models.
+
+MLlib's ``PCA.fit`` decomposes the 1280x1280 covariance with LAPACK through netlib: with a
+system BLAS/LAPACK that takes ~1 s, with the pure-Java fallback of a fresh machine ~20 s. numpy's
+wheels carry their own BLAS and LAPACK, so here each partition reduces its features to numpy
+moments (count, mean, centred cross-products) read through Arrow, Spark combines the partitions'
+moments on the executors, and the driver decomposes the correlation matrix with numpy (~0.2 s).
+The result is the ``StandardScalerModel`` and ``PCAModel`` that ``StandardScaler`` then ``PCA``
+would fit (equal up to each component's sign), so projection and saving stay MLlib's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+from pyspark import SparkContext
+from pyspark.ml.feature import PCAModel, StandardScalerModel
+from pyspark.ml.wrapper import JavaWrapper
+from pyspark.sql import DataFrame
+
+# Rows folded into a partition's moments at a time: one float64 block of 2,048 x 1,280 (21 MB).
+_BLOCK_ROWS = 2048
+MOMENTS_SCHEMA = "images long, mean binary, cross_products binary"
+
+
+class Moments(NamedTuple):
+    """Count, mean and centred cross-products (sum of (x - mean)(x - mean)^T) of vectors."""
+
+    images: int
+    mean: np.ndarray
+    cross_products: np.ndarray
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sets (Chan et al.'s pairwise update: each side is centred on its
+        own mean, so large offsets do not cancel the digits of a small spread)."""
+        if other.images == 0:
+            return self
+        if self.images == 0:
+            return other
+        images = self.images + other.images
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.images / images)
+        cross_products = (
+            self.cross_products
+            + other.cross_products
+            + np.outer(delta, delta) * (self.images * other.images / images)
+        )
+        return Moments(images, mean, cross_products)
+
+
+def block_moments(block: np.ndarray) -> Moments:
+    """The moments of the rows of ``block``, in float64."""
+    rows = block.astype(np.float64)
+    mean = rows.mean(axis=0)
+    centred = rows - mean
+    return Moments(len(rows), mean, centred.T @ centred)
+
+
+def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    moments: Moments | None = None
+    pending: list[np.ndarray] = []
+    pending_rows = 0
+
+    def fold() -> None:
+        nonlocal moments, pending, pending_rows
+        block = block_moments(np.concatenate(pending))
+        moments = block if moments is None else moments.merge(block)
+        pending, pending_rows = [], 0
+
+    for batch in batches:
+        vectors = batch.column(0)
+        if len(vectors) == 0:
+            continue
+        # The list array's values, one buffer for the batch: no Python object per image.
+        pending.append(np.asarray(vectors.flatten()).reshape(len(vectors), -1))
+        pending_rows += len(vectors)
+        if pending_rows >= _BLOCK_ROWS:
+            fold()
+    if pending:
+        fold()
+    if moments is not None:
+        yield pa.RecordBatch.from_pydict(
+            {
+                "images": [moments.images],
+                "mean": [moments.mean.tobytes()],
+                "cross_products": [moments.cross_products.tobytes()],
+            },
+            schema=pa.schema(
+                [("images", pa.int64()), ("mean", pa.binary()), ("cross_products", pa.binary())]
+            ),
+        )
+
+
+def feature_moments(vectors: DataFrame, column: str) -> Moments:
+    """The moments of the ``array<float>`` column ``column`` (no nulls) of ``vectors``: one
+    pass, each partition reduced by numpy, the partitions combined in a tree on the executors."""
+    per_partition = vectors.select(column).mapInArrow(_partition_moments, MOMENTS_SCHEMA)
+
+    def as_moments(row) -> Moments:
+        mean = np.frombuffer(row["mean"], dtype=np.float64)
+        cross_products = np.frombuffer(row["cross_products"], dtype=np.float64)
+        return Moments(row["images"], mean, cross_products.reshape(mean.size, mean.size))
+
+    empty = Moments(0, np.zeros(0), np.zeros((0, 0)))
+    return per_partition.rdd.map(as_moments).treeAggregate(
+        empty, lambda total, part: total.merge(part), lambda left, right: left.merge(right)
+    )
+
+
+class StandardizedPCA(NamedTuple):
+    """What StandardScaler(withMean, withStd) then a full-spectrum PCA fit: the features' mean
+    and sample standard deviation, the principal axes (columns, by decreasing variance) and each
+    axis's share of the standardized variance."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+
+
+def standardized_pca(moments: Moments) -> StandardizedPCA:
+    """PCA of the standardized features: the eigen-decomposition of their covariance (the
+    correlation matrix; constant features standardize to 0, as in MLlib)."""
+    covariance = moments.cross_products / (moments.images - 1)
+    std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    standardized = covariance * np.outer(scale, scale)
+    eigenvalues, eigenvectors = np.linalg.eigh(standardized)
+    order = np.argsort(eigenvalues)[::-1]
+    variances = np.clip(eigenvalues[order], 0.0, None)
+    total = variances.sum()
+    shares = variances / total if total > 0 else variances
+    return StandardizedPCA(moments.mean, std, eigenvectors[:, order], shares)
+
+
+def _java_doubles(values: np.ndarray):
+    """A Java double[] with ``values``, sent as one byte string (py4j converts a list of floats
+    element by element)."""
+    jvm = SparkContext._active_spark_context._jvm
+    gateway = SparkContext._gateway
+    flat = np.ascontiguousarray(values, dtype="<f8").ravel()
+    array = gateway.new_array(jvm.double, flat.size)
+    buffer = jvm.java.nio.ByteBuffer.wrap(bytearray(flat.tobytes()))
+    buffer.order(jvm.java.nio.ByteOrder.LITTLE_ENDIAN).asDoubleBuffer().get(array)
+    return array
+
+
+def _dense_vector(values: np.ndarray):
+    jvm = SparkContext._active_spark_context._jvm
+    return jvm.org.apache.spark.ml.linalg.DenseVector(_java_doubles(values))
+
+
+def mllib_models(
+    fit: StandardizedPCA, k: int, uid: str, *, input_col: str, scaled_col: str, output_col: str
+) -> tuple[StandardScalerModel, PCAModel]:
+    """The MLlib scaler and PCA(k) models of ``fit``. PySpark has no public constructor for
+    either; their Scala constructors are ``private[ml]``, public in the bytecode, and have kept
+    their signatures since Spark 2.0: (uid, std, mean) and (uid, pc, explainedVariance)."""
+    jvm = SparkContext._active_spark_context._jvm
+    scaler = StandardScalerModel(
+        JavaWrapper._new_java_obj(
+            "org.apache.spark.ml.feature.StandardScalerModel",
+            f"{uid}_scaler",
+            _dense_vector(fit.std),
+            _dense_vector(fit.mean),
+        )
+    )
+    scaler = scaler.copy(
+        {
+            scaler.withMean: True,
+            scaler.withStd: True,
+            scaler.inputCol: input_col,
+            scaler.outputCol: scaled_col,
+        }
+    )
+    dimension = fit.components.shape[0]
+    # DenseMatrix takes its values column by column: the first k columns, in order.
+    leading = fit.components[:, :k].T
+    pca = PCAModel(
+        JavaWrapper._new_java_obj(
+            "org.apache.spark.ml.feature.PCAModel",
+            f"{uid}_pca",
+            jvm.org.apache.spark.ml.linalg.DenseMatrix(dimension, k, _java_doubles(leading)),
+            _dense_vector(fit.explained_variance[:k]),
+        )
+    )
+    pca = pca.copy({pca.k: k, pca.inputCol: scaled_col, pca.outputCol: output_col})
+    return scaler, pca
