@@ -79,7 +79,7 @@ def environment() -> dict:
 
 
 def print_table(
-    results: list[dict], steady: list[str], spark_floor: dict, checks: list[dict]
+    results: list[dict], steady: dict | None, spark_floor: dict, checks: list[dict]
 ) -> None:
     columns = (
         ("images", "images"),
@@ -97,8 +97,13 @@ def print_table(
     print(" | ".join(title for title, _ in columns))
     for result in results:
         print(" | ".join(str(result[key]) for _, key in columns))
-    for line in steady:
-        print(line)
+    if steady:
+        cores = os.cpu_count() or 1
+        print(
+            f"steady state, featurization stage from {steady['images_from']} to "
+            f"{steady['images_to']} images: {steady['img_s']} images/s, "
+            f"{steady['img_s'] / cores:.1f} per core, {steady['x_raw']} x raw"
+        )
     print(
         f"Spark's floor (a fresh process: PySpark and pandas imported, the SparkSession, a first "
         f"pandas UDF job on every task slot; no Kedro, no file, no model): "
@@ -117,19 +122,21 @@ def print_table(
         print(f"  {target['target']} {target['goal']}: {target['measured']} -> {verdict}{beyond}")
 
 
-def steady_state(results: list[dict]) -> list[str]:
+def steady_state(results: list[dict]) -> dict | None:
     """The featurization stage's rate on the images added between the two largest sizes, where
-    the fixed costs cancel out."""
+    the fixed costs cancel out: ``images_from``, ``images_to``, ``img_s`` and ``x_raw`` (against
+    the raw model at the larger size); None with fewer than two sizes."""
     if len(results) < 2:
-        return []
+        return None
     smaller, larger = sorted(results, key=lambda result: result["images"])[-2:]
     rate = (larger["images"] - smaller["images"]) / (larger["featurize_s"] - smaller["featurize_s"])
-    cores = os.cpu_count() or 1
-    return [
-        f"steady state, featurization stage from {smaller['images']} to {larger['images']} "
-        f"images: {rate:.1f} images/s, {rate / cores:.1f} per core, "
-        f"{rate / larger['raw_img_s']:.2f} x raw"
-    ]
+    raw = larger.get("raw_img_s")
+    return {
+        "images_from": smaller["images"],
+        "images_to": larger["images"],
+        "img_s": round(rate, 2),
+        "x_raw": round(rate / raw, 3) if raw and not math.isnan(raw) else None,
+    }
 
 
 def targets(results: list[dict]) -> list[dict]:

@@ -18,13 +18,16 @@ from benchmarks.config import PROJECT_ROOT, base_config
 
 
 def replicate_images(source: Path, target: Path, count: int) -> None:
-    """``count`` real images under ``target`` in their class folders (hard links where possible)."""
+    """``count`` images under ``target`` in their class folders (hard links where possible): the
+    source's own images while it has enough (a split's folders kept, so that Training and Test
+    files of the same name stay apart), then copies of them under new names."""
     images = sorted(source.rglob("*.jpg"))
     if not images:
         raise SystemExit(f"No image under {source}: set --images or FRUITS_SHARED_DATA.")
     for index in range(count):
         image = images[index % len(images)]
-        copy = target / image.parent.name / f"{index // len(images)}_{image.name}"
+        relative = image.relative_to(source)
+        copy = target / relative.parent / f"{index // len(images)}_{image.name}"
         copy.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(image, copy)
