@@ -4,7 +4,8 @@ Only the files ``ingestion`` found new or changed reach the model. The model is 
 LiteRT once on the driver (the ``feature_model`` dataset), and that model, weights included, is
 broadcast once. Each Python worker opens it in a LiteRT
 interpreter and keeps it in a module-level cache, so that it is reused by every task and batch the
-(reused) worker runs; the workers never import TensorFlow.
+(reused) worker runs; the workers never import TensorFlow. Batches go in and out as Arrow
+(``mapInArrow``): a batch's features are one float32 buffer, not a Python object per image.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from pyspark import Accumulator, Broadcast, StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -81,42 +82,55 @@ def _worker_model(litert_model: Broadcast, settings: WorkerSettings):
 
 
 def featurize_batch(
-    model: mobilenet_v2.FeatureExtractor, contents: pd.Series, settings: WorkerSettings
-) -> pd.DataFrame:
-    """Features for a batch of image bytes; undecodable images get a reason instead."""
-    features: list[np.ndarray | None] = [None] * len(contents)
-    reasons: list[str | None] = [None] * len(contents)
-    error_classes: list[str | None] = [None] * len(contents)
+    model: mobilenet_v2.FeatureExtractor, contents: pa.Array, settings: WorkerSettings
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Features (a list array over one float32 buffer, null where the image cannot be read),
+    reasons and error classes for a batch of image bytes."""
+    rows = len(contents)
+    reasons: list[str | None] = [None] * rows
+    error_classes: list[str | None] = [None] * rows
     decoded: list[np.ndarray] = []
-    decoded_rows: list[int] = []
-    for row, content in enumerate(contents):
+    featurized = np.zeros(rows, dtype=bool)
+    for row, content in enumerate(contents.to_pylist()):
         if content is None:
             reasons[row], error_classes[row] = UNREADABLE, "UnreadableFile"
             continue
         try:
             decoded.append(mobilenet_v2.decode_image(content, settings.max_image_pixels))
-            decoded_rows.append(row)
+            featurized[row] = True
         except mobilenet_v2.ImageDecodeError as error:
             reasons[row] = str(error)
             cause = error.__cause__ or error
             error_classes[row] = type(cause).__name__
+    values = np.empty((len(decoded), mobilenet_v2.FEATURE_DIM), dtype=np.float32)
     step = settings.inference_batch_size
     for start in range(0, len(decoded), step):
-        outputs = model(np.stack(decoded[start : start + step]))
-        for row, vector in zip(decoded_rows[start : start + step], outputs, strict=True):
-            features[row] = vector
-    return pd.DataFrame({"features": features, "reason": reasons, "error_class": error_classes})
+        values[start : start + step] = model(np.stack(decoded[start : start + step]))
+    # Row i's features start at offsets[i]: a quarantined row is empty and null.
+    offsets = np.zeros(rows + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum(featurized * mobilenet_v2.FEATURE_DIM)
+    features = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(values.ravel()), mask=pa.array(~featurized)
+    )
+    return features, pa.array(reasons, pa.string()), pa.array(error_classes, pa.string())
 
 
-def make_featurizer(litert_model: Broadcast, settings: WorkerSettings, images_done: Accumulator):
-    """A Scalar-Iterator pandas UDF: image bytes -> struct(features, reason, error_class)."""
+def make_featurizer(
+    litert_model: Broadcast, settings: WorkerSettings, images_done: Accumulator, schema: StructType
+):
+    """A ``mapInArrow`` function: each batch's identity columns, passed through, and its
+    ``content`` -> features, reason, error_class (``schema``: the identity columns then
+    FEATURIZATION_RESULT's). Arrow in, Arrow out: no pandas object per image."""
+    identity = [field.name for field in schema.fields[: -len(FEATURIZATION_RESULT.fields)]]
+    names = [field.name for field in schema.fields]
 
-    @F.pandas_udf(FEATURIZATION_RESULT)
-    def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(litert_model, settings)
-        for batch in contents:
-            yield featurize_batch(model, batch, settings)
-            images_done.add(len(batch))
+        for batch in batches:
+            results = featurize_batch(model, batch.column("content"), settings)
+            columns = [batch.column(name) for name in identity]
+            yield pa.RecordBatch.from_arrays([*columns, *results], names=names)
+            images_done.add(batch.num_rows)
 
     return featurize
 
@@ -193,15 +207,18 @@ def _run_model(
         inference_threads=int(featurization["inference_threads"]),
     )
     images_received = spark.sparkContext.accumulator(0)
+    to_model = to_featurize.join(image_store.contents(to_featurize), "path", "left").select(
+        *IDENTITY, "content"
+    )
+    schema = StructType(to_model.select(*IDENTITY).schema.fields + FEATURIZATION_RESULT.fields)
     featurize = make_featurizer(
-        spark.sparkContext.broadcast(feature_model.litert), settings, images_received
+        spark.sparkContext.broadcast(feature_model.litert), settings, images_received, schema
     )
     partitions = _partitions(images, spark.sparkContext.defaultParallelism, featurization)
     results = (
-        to_featurize.join(image_store.contents(to_featurize), "path", "left")
-        .repartition(partitions)
-        .select(*IDENTITY, featurize(F.col("content")).alias("result"))
-        .select(*IDENTITY, "result.*", F.lit(False).alias(DELETE_COLUMN))
+        to_model.repartition(partitions)
+        .mapInArrow(featurize, schema)
+        .withColumn(DELETE_COLUMN, F.lit(False))
         # Computed once: counted here, then merged into the table from this cache.
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
