@@ -156,7 +156,8 @@ def main() -> None:
         "spark_floor": {key: round(value, 2) for key, value in spark_floor.items()},
         "results": results,
         "steady_state": steady_state(results),
-        "targets": targets(results) + (growing_store_targets(growing) if growing else []),
+        "targets": targets(results, steady_state(results))
+        + (growing_store_targets(growing) if growing else []),
     }
     if growing:
         report["growing_store"] = growing
