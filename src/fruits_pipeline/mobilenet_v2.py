@@ -327,6 +327,14 @@ def load_feature_model(weights_source: str) -> FeatureModel:
     return FeatureModel(weights=weights, litert=export_litert(weights))
 
 
+_EMBEDDER_PREFIX = "embedder_"
+
+
+def exported_embedders() -> list[Path]:
+    """The app's embedders in the cache (``export_embedder``), one per set of axes exported."""
+    return sorted(_project_cache_dir().glob(f"{_EMBEDDER_PREFIX}*.tflite"))
+
+
 def export_embedder(
     weights: WeightsFile, mean: np.ndarray, scale: np.ndarray, components: np.ndarray
 ) -> bytes:
@@ -344,7 +352,7 @@ def export_embedder(
     for array in (mean, scale, components):
         digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
     cached = _project_cache_dir() / (
-        f"embedder_{EXPORT_LAYOUT}_{digest.hexdigest()[:16]}_{_exporter_versions()}.tflite"
+        f"{_EMBEDDER_PREFIX}{EXPORT_LAYOUT}_{digest.hexdigest()[:16]}_{_exporter_versions()}.tflite"
     )
 
     def projection(features):
