@@ -21,9 +21,10 @@ def local_jvm_environment(spark_config: dict[str, Any]) -> dict[str, str]:
     On a cluster Spark gives each executor JVM OMP_NUM_THREADS = spark.task.cpus (SPARK-41188),
     because every task slot calling a multi-threaded OpenBLAS at once oversubscribes the cores.
     A local master runs its tasks in the driver's JVM, which Spark starts with the caller's
-    environment only, so OpenBLAS (used by MLlib when the system has it, as CI installs it) ran
-    as many threads per call as the machine has cores, for each task: projecting 8,192 images
-    on the PCA took 3.6-5.2 s instead of 1.5 s. A value the user has set is kept.
+    environment only, so OpenBLAS (MLlib's when the system has it; numpy's own in the Python
+    workers, which inherit this environment) ran as many threads per call as the machine has
+    cores, for each task: projecting 8,192 images on the PCA took 3.6-5.2 s instead of 1.5 s.
+    A value the user has set is kept.
     """
     if not local_master(spark_config) or "OMP_NUM_THREADS" in os.environ:
         return {}
