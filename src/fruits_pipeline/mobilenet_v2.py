@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fruits_pipeline.errors import UserError
+from fruits_pipeline.redaction import redact
 from fruits_pipeline.run_info import library_versions
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """A local copy of the weights and where it came from."""
+    """A local copy of the weights and where it came from (``source``, as it may be shown:
+    credentials and query string redacted)."""
 
     source: str
     local_path: str
@@ -72,6 +74,7 @@ class WeightsFile:
 
 
 def _how_to_provide(source: str, reason: str) -> str:
+    source, reason = redact(source), redact(reason)
     return (
         f"MobileNetV2 weights could not be had from featurization.weights={source!r}: {reason}\n"
         "Provide them in one of two ways:\n"
@@ -146,7 +149,7 @@ def resolve_weights(source: str) -> WeightsFile:
         ) from error
     if not os.path.isfile(local_path):
         raise WeightsUnavailableError(_how_to_provide(source, f"no file at {local_path}."))
-    return WeightsFile(source=source, local_path=local_path, sha256=_sha256(local_path))
+    return WeightsFile(source=redact(source), local_path=local_path, sha256=_sha256(local_path))
 
 
 def build_architecture() -> keras.Model:

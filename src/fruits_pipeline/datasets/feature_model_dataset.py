@@ -7,6 +7,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from fruits_pipeline import mobilenet_v2
+from fruits_pipeline.redaction import redact
 
 
 class FeatureModelDataset(AbstractDataset[mobilenet_v2.FeatureModel, None]):
@@ -24,4 +25,4 @@ class FeatureModelDataset(AbstractDataset[mobilenet_v2.FeatureModel, None]):
         raise DatasetError(f"{type(self).__name__} is read-only: the weights are an input.")
 
     def _describe(self) -> dict[str, Any]:
-        return {"weights": self._weights}
+        return {"weights": redact(self._weights)}
