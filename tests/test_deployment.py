@@ -18,7 +18,7 @@ import pytest
 import s3fs
 
 from fruits_pipeline import __version__
-from fruits_pipeline.emr.cluster import Release, cluster_request
+from fruits_pipeline.emr.cluster import Release, cluster_request, task_slots
 from tests.conftest import (
     create_bucket,
     kedro,
@@ -105,11 +105,14 @@ def test_cluster_request_carries_the_definition(deployment):
     cluster_id, bucket = deployment["cluster_id"], deployment["bucket"]
     cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     assert cluster["ReleaseLabel"] == "emr-7.10.0"
-    assert {app["Name"] for app in cluster["Applications"]} >= {"Spark", "JupyterHub"}
+    assert {app["Name"] for app in cluster["Applications"]} == {"Spark"}
     assert cluster["LogUri"] == f"s3://{bucket}/{PREFIX}/emr-logs/"
     assert cluster["ServiceRole"] == "EMR_DefaultRole"
     assert cluster["Ec2InstanceAttributes"]["IamInstanceProfile"] == "EMR_EC2_DefaultRole"
-    assert {tag["Key"]: tag["Value"] for tag in cluster["Tags"]} == {"project": "fruits-pipeline"}
+    assert {tag["Key"]: tag["Value"] for tag in cluster["Tags"]} == {
+        "project": "fruits-pipeline",
+        "for-use-with-amazon-emr-managed-policies": "true",
+    }
     groups = {
         group["InstanceGroupType"]: (group["InstanceType"], group["RequestedInstanceCount"])
         for group in emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
@@ -260,8 +263,11 @@ def test_submitted_step_runs_the_pipelines_on_s3(deployment, tiny_image_set, wei
     assert args == [
         "env",
         "SPARK_HOME=/usr/lib/spark",
+        "KEDRO_DISABLE_TELEMETRY=true",
         f"FRUITS_S3_BUCKET={bucket}",
         f"FRUITS_S3_PREFIX={PREFIX}",
+        # The definition's 2 core nodes, m5.xlarge: 4 vCPUs each (EC2's instance types).
+        "FRUITS_TASK_SLOTS=8",
         python,
         "-m",
         "fruits_pipeline",
@@ -344,3 +350,13 @@ def test_submit_without_an_uploaded_release_says_what_to_run(tmp_path, s3_bucket
     message = " ".join(failed.split())
     assert f"s3://{s3_bucket}/{PREFIX}/release/fruits_pipeline-{__version__}" in message
     assert "run `kedro package` then `kedro emr upload-release`" in message
+
+
+def test_task_slots_count_the_vcpus_of_core_and_task_nodes():
+    groups = [
+        {"InstanceGroupType": "MASTER", "InstanceType": "m5.xlarge", "RunningInstanceCount": 1},
+        {"InstanceGroupType": "CORE", "InstanceType": "m5.xlarge", "RunningInstanceCount": 3},
+        # Still starting: counted as requested, since the stage will run on them.
+        {"InstanceGroupType": "TASK", "InstanceType": "c5.2xlarge", "RequestedInstanceCount": 2},
+    ]
+    assert task_slots(groups, {"m5.xlarge": 4, "c5.2xlarge": 8}) == 3 * 4 + 2 * 8

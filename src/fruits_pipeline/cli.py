@@ -24,6 +24,7 @@ from fruits_pipeline.emr.cluster import (
     pipeline_step,
     security_configuration,
     step_log_uri,
+    task_slots,
 )
 from fruits_pipeline.emr.release import (
     ReleaseNotFoundError,
@@ -150,6 +151,18 @@ def create_cluster_command(metadata: ProjectMetadata, env: str, overrides: tuple
     click.echo(f"Cluster {cluster_id} requested. Next: export FRUITS_EMR_CLUSTER_ID={cluster_id}")
 
 
+def _cluster_task_slots(client, cluster: dict[str, Any], cluster_id: str) -> int:
+    """The vCPUs of the cluster's core and task nodes now: under YARN's dynamic allocation,
+    Spark's default parallelism counts only the executors already up when the stage starts."""
+    groups = client.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
+    types = sorted({group["InstanceType"] for group in groups})
+    described = boto3.client("ec2", region_name=cluster["region"]).describe_instance_types(
+        InstanceTypes=types
+    )["InstanceTypes"]
+    vcpus = {item["InstanceType"]: item["VCpuInfo"]["DefaultVCpus"] for item in described}
+    return task_slots(groups, vcpus)
+
+
 @emr.command("submit")
 @ENV_OPTION
 @SET_OPTION
@@ -168,8 +181,15 @@ def submit_command(
     settings = _settings(metadata, env, overrides)
     cluster = settings["cluster"]
     release = _uploaded_release(cluster)
-    step = pipeline_step(cluster, release, settings["globals"]["s3_root"], kedro_args)
-    step_id = _emr(cluster).add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
+    client = _emr(cluster)
+    step = pipeline_step(
+        cluster,
+        release,
+        settings["globals"]["s3_root"],
+        kedro_args,
+        slots=_cluster_task_slots(client, cluster, cluster_id),
+    )
+    step_id = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
     command = " ".join(step["HadoopJarStep"]["Args"])
     click.echo(f"Step {step_id} submitted to {cluster_id}: {command}")
 

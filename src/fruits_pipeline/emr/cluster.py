@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from fruits_pipeline.redaction import redact
+
 # EMR's view of SSE-S3 for EMRFS (s3://) writes: the cluster's logs and notebooks.
 SSE_S3_SECURITY_CONFIGURATION = {
     "EncryptionConfiguration": {
@@ -129,26 +131,43 @@ def security_configuration() -> str:
     return json.dumps(SSE_S3_SECURITY_CONFIGURATION)
 
 
+def task_slots(instance_groups: list[dict[str, Any]], vcpus: dict[str, int]) -> int:
+    """The vCPUs of the nodes that run executors (core and task groups, as many instances as
+    are running, else as requested): ``list_instance_groups``'s groups, ``vcpus`` by instance
+    type (EC2's ``describe_instance_types``)."""
+    return sum(
+        vcpus[group["InstanceType"]]
+        * (group.get("RunningInstanceCount") or group.get("RequestedInstanceCount") or 0)
+        for group in instance_groups
+        if group["InstanceGroupType"] in ("CORE", "TASK")
+    )
+
+
 def pipeline_step(
     cluster: dict[str, Any],
     release: Release,
     s3_root: str,
     kedro_args: tuple[str, ...] = (),
+    slots: int | None = None,
 ) -> dict[str, Any]:
     """The ``add_job_flow_steps`` step that runs the packaged project on the primary node:
     ``python -m fruits_pipeline --env emr --conf-source <conf archive>``, the same entry point
-    as a local run, with the cluster's own Spark (SPARK_HOME) on YARN."""
+    as a local run, with the cluster's own Spark (SPARK_HOME) on YARN. ``slots``: the cluster's
+    task slots (``task_slots``), for the featurization's partitions (FRUITS_TASK_SLOTS)."""
     bucket, _, prefix = s3_root.partition("/")
     return {
-        "Name": "fruits-pipeline: kedro run --env emr " + " ".join(kedro_args),
+        # The name shows in the EMR console and its API: no credential or presigned query.
+        "Name": redact("fruits-pipeline: kedro run --env emr " + " ".join(kedro_args)),
         "ActionOnFailure": "CONTINUE",
         "HadoopJarStep": {
             "Jar": "command-runner.jar",
             "Args": [
                 "env",
                 "SPARK_HOME=/usr/lib/spark",
+                "KEDRO_DISABLE_TELEMETRY=true",
                 f"FRUITS_S3_BUCKET={bucket}",
                 f"FRUITS_S3_PREFIX={prefix}",
+                *([f"FRUITS_TASK_SLOTS={slots}"] if slots else []),
                 f"{cluster['install_dir']}/bin/python",
                 "-m",
                 "fruits_pipeline",

@@ -214,7 +214,8 @@ def _run_model(
     featurize = make_featurizer(
         spark.sparkContext.broadcast(feature_model.litert), settings, images_received, schema
     )
-    partitions = _partitions(images, spark.sparkContext.defaultParallelism, featurization)
+    slots = int(featurization.get("task_slots") or spark.sparkContext.defaultParallelism)
+    partitions = _partitions(images, slots, featurization)
     results = (
         to_model.repartition(partitions)
         .mapInArrow(featurize, schema)
