@@ -16,6 +16,7 @@ from fruits_pipeline.preflight import (
     check_pipeline_inputs,
     s3_buckets,
 )
+from fruits_pipeline.redaction import redact_logs
 from fruits_pipeline.spark_session import create_spark_session, runs_whole_pipeline
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class SparkHooks:
 
     @hook_impl
     def after_context_created(self, context) -> None:
+        redact_logs()
         self._spark_config = dict(context.config_loader["spark"])
         self._catalog_config = dict(context.config_loader["catalog"])
         self._env = context.env or "local"

@@ -23,8 +23,9 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -108,18 +109,24 @@ def _project_cache_dir() -> Path:
 def _local_copy(uri: str) -> str:
     """Returns a local path for a weights URI; remote files are copied once, under Keras' cache.
 
-    The copy keeps the file's name (fsspec's ``same_names``), because Keras picks the weights
-    format from the suffix.
+    The copy keeps the file's own name (the URI's path, without its query string: a presigned
+    URL's), because Keras picks the weights format from the suffix. The URI is opened as it is,
+    never expanded as a glob (``?`` starts a query string, not a wildcard).
     """
     import fsspec
 
     filesystem, path = fsspec.core.url_to_fs(uri)
     if "file" in filesystem.protocol:
         return path
-    cache = _project_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    return fsspec.open_local(
-        f"filecache::{uri}", filecache={"cache_storage": str(cache), "same_names": True}
-    )
+    name = PurePosixPath(urlsplit(uri).path).name
+    copy = _project_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+    if not copy.is_file():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=copy.parent) as staging:
+            # One file, streamed: get_file neither expands globs nor needs range requests.
+            filesystem.get_file(path, f"{staging}/{name}")
+            os.replace(f"{staging}/{name}", copy)
+    return str(copy)
 
 
 def resolve_weights(source: str) -> WeightsFile:

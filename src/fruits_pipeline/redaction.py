@@ -7,6 +7,7 @@ sees which file is meant, and replaces the credentials and the query string.
 
 from __future__ import annotations
 
+import logging
 import re
 
 REDACTED = "<redacted>"
@@ -30,3 +31,24 @@ def _redact_match(match: re.Match) -> str:
 def redact(text: str) -> str:
     """``text`` with every URI's credentials, query string and fragment replaced."""
     return _URI.sub(_redact_match, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts the URIs of a log record's message and traceback before any handler formats it
+    (Kedro only lets its logging configuration name classes of ``logging`` and ``kedro.logging``,
+    so ``redact_logs`` attaches this to the handlers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def redact_logs() -> None:
+    """Redacts every record the root logger's handlers (console and log file) write."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+            handler.addFilter(RedactingFilter())

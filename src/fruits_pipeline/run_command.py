@@ -10,6 +10,7 @@ from kedro.config import MissingConfigException
 from omegaconf.errors import InterpolationResolutionError
 
 from fruits_pipeline.errors import UserError
+from fruits_pipeline.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def with_short_user_errors(command: click.Command) -> click.Command:
             if cause is None:
                 raise
             logger.debug("The run stopped on a user error.", exc_info=error)
-            raise click.ClickException(" ".join(str(cause).split())) from None
+            raise click.ClickException(redact(" ".join(str(cause).split()))) from None
 
     return click.Command(
         command.name,
