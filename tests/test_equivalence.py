@@ -126,7 +126,7 @@ def test_pca_model_equals_mllib_own_fit(spark):
 
     Features shaped like MobileNetV2's, more images than features: with fewer (a rank-deficient
     covariance, as the 156 real images above), MLlib's own fit with netlib's pure-Java LAPACK,
-    which a machine without a system BLAS uses, returned a wrong spectrum or NaN in 5 of 8 fits
+    which a machine without a system BLAS uses, returned a wrong spectrum or NaN in 6 of 8 fits
     of the same data (docs/performance.md)."""
     from pyspark.ml.feature import PCA, StandardScaler
     from pyspark.ml.functions import array_to_vector
