@@ -1,5 +1,6 @@
-"""Project hooks: when a pipeline starts, check its inputs (``preflight``), then build the
-SparkSession (``spark_session``)."""
+"""Project hooks: once Kedro has configured logging, redact URIs from it (``redaction``); when a
+pipeline starts, check its inputs (``preflight``), then build the SparkSession
+(``spark_session``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ from fruits_pipeline.spark_session import create_spark_session, runs_whole_pipel
 logger = logging.getLogger(__name__)
 
 
+class RedactionHooks:
+    """Redacts credentials and query strings from every URI the console and the log file show,
+    once Kedro has configured logging (``redaction.redact_logs``)."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        redact_logs()
+
+
 class SparkHooks:
     """Builds the SparkSession lazily: only when a pipeline run starts, so that commands that need
     no Spark (``kedro viz``, ``kedro catalog``, ``kedro registry``) start none."""
@@ -33,7 +43,6 @@ class SparkHooks:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        redact_logs()
         self._spark_config = dict(context.config_loader["spark"])
         self._catalog_config = dict(context.config_loader["catalog"])
         self._env = context.env or "local"

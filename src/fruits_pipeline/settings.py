@@ -8,11 +8,12 @@ import warnings
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from fruits_pipeline.hooks import SparkHooks
+from fruits_pipeline.hooks import RedactionHooks, SparkHooks
 
+# RedactionHooks redacts URIs (a presigned URL's signature) from the console and the log file.
 # SparkHooks builds the SparkSession from conf/<env>/spark.yml when a pipeline run starts,
 # after checking that the run's inputs (images, weights, S3 buckets) can be had.
-HOOKS = (SparkHooks(),)
+HOOKS = (RedactionHooks(), SparkHooks())
 
 # Kedro 1.7 registers its resolvers with OmegaConf's deprecated call: nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
