@@ -148,6 +148,7 @@ def main() -> None:
         )
         for size in sizes
     ]
+    steady = steady_state(results)
     report = {
         "environment": environment(),
         "litert_export": {key: export[key] for key in ("seconds", "was_cached")},
@@ -155,9 +156,8 @@ def main() -> None:
         "repeat": args.repeat,
         "spark_floor": {key: round(value, 2) for key, value in spark_floor.items()},
         "results": results,
-        "steady_state": steady_state(results),
-        "targets": targets(results, steady_state(results))
-        + (growing_store_targets(growing) if growing else []),
+        "steady_state": steady,
+        "targets": targets(results, steady) + (growing_store_targets(growing) if growing else []),
     }
     if growing:
         report["growing_store"] = growing

@@ -124,13 +124,7 @@ def print_table(
     print("targets:")
     for target in checks:
         verdict = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
-        ceiling = target.get("spark_ceiling")
-        beyond = (
-            ""
-            if ceiling is None or math.isnan(ceiling)
-            else f" (at most {ceiling} for any Spark pipeline here, with the floor above)"
-        )
-        print(f"  {target['target']} {target['goal']}: {target['measured']} -> {verdict}{beyond}")
+        print(f"  {target['target']} {target['goal']}: {target['measured']} -> {verdict}")
 
 
 def steady_state(results: list[dict]) -> dict | None:

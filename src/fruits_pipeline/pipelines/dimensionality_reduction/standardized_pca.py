@@ -82,15 +82,13 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
     if pending:
         fold()
     if moments is not None:
+        # MOMENTS_SCHEMA: Arrow reads int64 and binary from these values.
         yield pa.RecordBatch.from_pydict(
             {
                 "images": [moments.images],
                 "mean": [moments.mean.tobytes()],
                 "cross_products": [moments.cross_products.tobytes()],
-            },
-            schema=pa.schema(
-                [("images", pa.int64()), ("mean", pa.binary()), ("cross_products", pa.binary())]
-            ),
+            }
         )
 
 

@@ -118,17 +118,16 @@ def featurize_batch(
 def make_featurizer(
     litert_model: Broadcast, settings: WorkerSettings, images_done: Accumulator, schema: StructType
 ):
-    """A ``mapInArrow`` function: each batch's identity columns, passed through, and its
-    ``content`` -> features, reason, error_class (``schema``: the identity columns then
+    """A ``mapInArrow`` function: each batch's IDENTITY columns, passed through, and its
+    ``content`` -> features, reason, error_class (``schema``: the IDENTITY columns then
     FEATURIZATION_RESULT's). Arrow in, Arrow out: no pandas object per image."""
-    identity = [field.name for field in schema.fields[: -len(FEATURIZATION_RESULT.fields)]]
-    names = [field.name for field in schema.fields]
+    names = schema.fieldNames()
 
     def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(litert_model, settings)
         for batch in batches:
             results = featurize_batch(model, batch.column("content"), settings)
-            columns = [batch.column(name) for name in identity]
+            columns = [batch.column(name) for name in IDENTITY]
             yield pa.RecordBatch.from_arrays([*columns, *results], names=names)
             images_done.add(batch.num_rows)
 
