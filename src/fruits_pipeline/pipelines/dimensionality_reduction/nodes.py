@@ -249,6 +249,7 @@ def summarize_run(
             "images_featurized": featurization_info["images_featurized"],
             "images_quarantined": featurization_info["images_quarantined"],
             "images_removed": featurization_info["images_removed"],
+            "task_attempts_failed": featurization_info["task_attempts_failed"],
         },
         "images_per_class": per_class,
         "classes": len(per_class),

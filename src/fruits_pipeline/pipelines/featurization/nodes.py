@@ -6,14 +6,21 @@ broadcast once. Each Python worker opens it in a LiteRT
 interpreter and keeps it in a module-level cache, so that it is reused by every task and batch the
 (reused) worker runs; the workers never import TensorFlow. Batches go in and out as Arrow
 (``mapInArrow``): a batch's features are one float32 buffer, not a Python object per image.
+
+A task whose worker died (killed, out of memory, or a native decoder crashing on one file) is
+retried by Spark; a retried attempt decodes each image in a forked child first, so that a file
+that crashes the decoder is quarantined with its reason instead of killing every attempt.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pyspark import Accumulator, Broadcast, StorageLevel
+from pyspark import Accumulator, Broadcast, SparkContext, StorageLevel, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
@@ -52,6 +59,10 @@ NO_CLASS_FOLDER = (
     "no class folder: the file sits directly in raw_images_path, so it has no label; "
     "move it into a folder named after its class"
 )
+DECODER_CRASH = (
+    "the image decoder crashed on this file ({signal}): its task's worker died, and the retried "
+    "task isolated the file"
+)
 
 
 @dataclass(frozen=True)
@@ -81,11 +92,31 @@ def _worker_model(litert_model: Broadcast, settings: WorkerSettings):
     return model
 
 
+def decoder_crash(content: bytes, max_image_pixels: int) -> str | None:
+    """Decodes ``content`` in a forked child of this worker: the crash reason if the child died
+    by a signal (a native decoder crash, which would kill the worker itself), else None. Forking
+    costs ~1 ms (the child shares the worker's memory), so only retried tasks pay it."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        try:
+            mobilenet_v2.decode_image(content, max_image_pixels)
+        finally:
+            os._exit(0)  # no clean-up of the parent's sockets and buffers, whatever happened
+    _, status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(status):
+        return DECODER_CRASH.format(signal=signal.Signals(os.WTERMSIG(status)).name)
+    return None
+
+
 def featurize_batch(
-    model: mobilenet_v2.FeatureExtractor, contents: pa.Array, settings: WorkerSettings
+    model: mobilenet_v2.FeatureExtractor,
+    contents: pa.Array,
+    settings: WorkerSettings,
+    isolate_decoding: bool = False,
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Features (a list array over one float32 buffer, null where the image cannot be read),
-    reasons and error classes for a batch of image bytes."""
+    reasons and error classes for a batch of image bytes; ``isolate_decoding`` first decodes
+    each image in a child process (``decoder_crash``)."""
     rows = len(contents)
     reasons: list[str | None] = [None] * rows
     error_classes: list[str | None] = [None] * rows
@@ -94,6 +125,9 @@ def featurize_batch(
     for row, content in enumerate(contents.to_pylist()):
         if content is None:
             reasons[row], error_classes[row] = UNREADABLE, "UnreadableFile"
+            continue
+        if isolate_decoding and (crash := decoder_crash(content, settings.max_image_pixels)):
+            reasons[row], error_classes[row] = crash, "DecoderCrash"
             continue
         try:
             decoded.append(mobilenet_v2.decode_image(content, settings.max_image_pixels))
@@ -125,8 +159,10 @@ def make_featurizer(
 
     def featurize(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = _worker_model(litert_model, settings)
+        # An earlier attempt of this task failed: perhaps one of its files crashed the worker.
+        retried = TaskContext.get().attemptNumber() > 0
         for batch in batches:
-            results = featurize_batch(model, batch.column("content"), settings)
+            results = featurize_batch(model, batch.column("content"), settings, retried)
             columns = [batch.column(name) for name in IDENTITY]
             yield pa.RecordBatch.from_arrays([*columns, *results], names=names)
             images_done.add(batch.num_rows)
@@ -141,6 +177,29 @@ def _partitions(images: int, slots: int, featurization: dict[str, Any]) -> int:
         return int(featurization["partitions"])
     per_partition = int(featurization["images_per_partition"])
     return max(2 * slots, -(-images // per_partition))
+
+
+@contextmanager
+def failed_attempts(spark_context: SparkContext, description: str) -> Iterator[list[int]]:
+    """Runs the block's Spark jobs as one job group; the list it yields gets the number of task
+    attempts that failed in them (and were retried) once the block ends, from Spark's status
+    tracker."""
+    group = f"{description} {uuid.uuid4().hex[:8]}"
+    spark_context.setJobGroup(group, description)
+    failed: list[int] = []
+    try:
+        yield failed
+    finally:
+        spark_context.setLocalProperty("spark.jobGroup.id", None)
+        spark_context.setLocalProperty("spark.job.description", None)
+    tracker = spark_context.statusTracker()
+    stages = [
+        tracker.getStageInfo(stage)
+        for job in tracker.getJobIdsForGroup(group)
+        if (info := tracker.getJobInfo(job))
+        for stage in info.stageIds
+    ]
+    failed.append(sum(stage.numFailedTasks for stage in stages if stage))
 
 
 @contextmanager
@@ -195,9 +254,10 @@ def _run_model(
     feature_model: mobilenet_v2.FeatureModel,
     featurization: dict[str, Any],
     images: int,
-) -> tuple[DataFrame, int]:
+) -> tuple[DataFrame, int, int]:
     """Features (or a quarantine reason) for each row of ``to_featurize``, computed once and
-    persisted, and how many images the model's UDF received."""
+    persisted, how many images the model's UDF received, and how many task attempts failed
+    (and were retried) while it ran."""
     spark = to_featurize.sparkSession
     settings = WorkerSettings(
         weights_sha256=feature_model.id,
@@ -223,9 +283,14 @@ def _run_model(
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     # The model stage is the long one: a thread logs its progress while the count runs it.
-    with progress_log(images_received, images):
+    with (
+        failed_attempts(spark.sparkContext, "featurization: MobileNetV2") as failed,
+        progress_log(images_received, images),
+    ):
         results.count()
-    return results, images_received.value
+    if failed[0]:
+        logger.warning("featurization: %d task attempts failed and were retried", failed[0])
+    return results, images_received.value, failed[0]
 
 
 def extract_features(
@@ -254,9 +319,9 @@ def extract_features(
         row["action"]: row["count"] for row in image_changes.groupBy("action").count().collect()
     }
     changes = _planned_rows(image_changes)
-    images_received = featurized = 0
+    images_received = featurized = attempts_failed = 0
     if actions.get(ingestion.FEATURIZE):
-        results, images_received = _run_model(
+        results, images_received, attempts_failed = _run_model(
             image_changes.where(F.col("action") == ingestion.FEATURIZE),
             image_store,
             feature_model,
@@ -290,6 +355,7 @@ def extract_features(
         "images_featurized": featurized,
         "images_quarantined": quarantined,
         "images_removed": actions.get(ingestion.DELETE, 0),
+        "task_attempts_failed": attempts_failed,
         "seconds": round(seconds, 3),
     }
     return changes.withColumn("model_id", F.lit(feature_model.id)), info

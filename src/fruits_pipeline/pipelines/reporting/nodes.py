@@ -101,7 +101,8 @@ def write_run_report(
         f"| this run | {this_run['images_sent_to_model']} images sent to the model, "
         f"{this_run['images_featurized']} featurized, {this_run['images_quarantined']} "
         f"quarantined, {this_run['images_removed']} removed, in "
-        f"{featurization_info['seconds']:.1f} s |",
+        f"{featurization_info['seconds']:.1f} s ({this_run['task_attempts_failed']} failed task "
+        "attempts retried) |",
         f"| principal components kept (k) | {metrics['k']} of {metrics['feature_dim']} ({axes}) |",
         f"| variance explained | {metrics['variance_explained']:.2%} at the fit "
         f"(threshold {metrics['variance_threshold']:.0%}), "
