@@ -279,3 +279,14 @@ def finished_run(spark, small_image_set, weights_file, tmp_path_factory) -> Path
     project = make_project_copy(tmp_path_factory.mktemp("project"))
     kedro(project, "run", "--params", run_params(small_image_set, weights_file))
     return project
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(moto_server, tmp_path_factory):
+    """A standalone Spark cluster for the session: a master and two 1-core workers, each its own
+    JVM with its own HOME, TMPDIR, KERAS_HOME and work folder. The workers reach moto's S3 with
+    the session's credentials, as nodes would with their instance profile."""
+    from fruits_pipeline.standalone_cluster import standalone_cluster
+
+    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
