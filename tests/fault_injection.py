@@ -6,7 +6,8 @@ wrapped ``mobilenet_v2.decode_image``, which only the model stage calls:
 
 - ``pause-at-model-stage``: the first image a run decodes (whichever worker, once per fault
   folder) writes ``model_stage.json`` (the worker's, its daemon's and its JVM's process ids) and
-  waits up to a minute, so that the test's kill lands inside the model stage;
+  waits, up to a minute, for the test to kill something (which lands inside the model stage) or
+  to ``resume``;
 - ``crash-on-marker``: every image whose bytes hold ``CRASH_MARKER`` kills its process with
   SIGSEGV, as a native decoder crashing on one file would, on every attempt.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 CRASH_MARKER = b"FRUITS-FAULT-CRASH-THE-DECODER"
 MODEL_STAGE_FILE = "model_stage.json"
+RESUME_FILE = "resume"
 
 
 def spark_settings(mode: str, fault_dir: Path, project_root: Path) -> dict[str, str]:
@@ -43,6 +45,11 @@ def wait_for_model_stage(fault_dir: Path, run, timeout: float = 300) -> dict[str
             return json.loads(marker.read_text())
         time.sleep(0.05)
     raise AssertionError(f"the run never reached its model stage (exit code {run.poll()})")
+
+
+def resume(fault_dir: Path) -> None:
+    """Lets a run paused at its model stage go on."""
+    (fault_dir / RESUME_FILE).touch()
 
 
 def _parent(pid: int) -> int:
@@ -69,7 +76,9 @@ def _wrap_decoder() -> None:
                 pids = {"worker": os.getpid(), "daemon": daemon, "jvm": _parent(daemon)}
                 os.write(marker, json.dumps(pids).encode())
                 os.close(marker)
-                time.sleep(60)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not (fault_dir / RESUME_FILE).exists():
+                    time.sleep(0.1)
         return decode_image(content, max_pixels)
 
     mobilenet_v2.decode_image = decode_with_fault

@@ -16,12 +16,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import s3fs
 import yaml
 
 from tests import fault_injection
 from tests.conftest import (
     PROJECT_ROOT,
+    create_bucket,
     featurization_info,
     image_table,
     make_project_copy,
@@ -32,12 +35,14 @@ from tests.conftest import (
 pytestmark = pytest.mark.faults
 
 
-def start_run(project: Path, *args: str) -> subprocess.Popen:
-    """`kedro run` in its own process group (so that a test can kill all of it)."""
+def start_run(project: Path, *args: str, bucket: str | None = None) -> subprocess.Popen:
+    """`kedro run` in its own process group (so that a test can kill all of it); ``bucket`` is
+    the emr environment's."""
+    bucket_setting = {"FRUITS_S3_BUCKET": bucket} if bucket else {}
     return subprocess.Popen(
         [sys.executable, "-m", "kedro", "run", *args],
         cwd=project,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **bucket_setting},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -146,3 +151,146 @@ def test_file_that_crashes_the_decoder_is_quarantined(
     assert "crashed on this file (SIGSEGV)" in crashed["reason"]
     assert info["images_quarantined"] == 1
     assert info["images_featurized"] == len(rows) - 1
+
+
+def test_driver_killed_in_the_model_stage_then_the_next_run_completes(
+    spark, finished_run, small_image_set, weights_file, tmp_path
+):
+    project, fault_dir = faulty_project(tmp_path, "pause-at-model-stage")
+    args = ("--pipelines", "ingestion,featurization", "--params")
+    run = start_run(project, *args, run_params(small_image_set, weights_file))
+    fault_injection.wait_for_model_stage(fault_dir, run)
+    os.killpg(run.pid, signal.SIGKILL)  # the kedro process, its JVM and Python workers
+    run.wait()
+    lock = project / "data" / "run.lock"
+    assert json.loads(lock.read_text())["pid"] == run.pid, "the killed run held the lock"
+    assert not (project / "data/04_feature/featurization_info.json").exists()
+
+    # The next run finds the killed run's lock stale (same machine, process gone) and completes.
+    rerun = start_run(project, *args, run_params(small_image_set, weights_file))
+    output = finish(rerun)
+    assert "which ended without releasing it" in output
+    assert not lock.exists()
+    rows = image_table(spark, project).select("path").collect()
+    assert len(rows) == len({row["path"] for row in rows})
+    features, expected = (
+        features_by_path(image_table(spark, folder)) for folder in (project, finished_run)
+    )
+    assert features.keys() == expected.keys()
+    for path, vector in expected.items():
+        np.testing.assert_allclose(features[path], vector, atol=1e-6, err_msg=path)
+
+
+def test_two_runs_on_the_same_outputs_never_interleave(tiny_image_set, weights_file, tmp_path):
+    project, fault_dir = faulty_project(tmp_path, "pause-at-model-stage")
+    params = run_params(tiny_image_set, weights_file)
+    first = start_run(project, "--pipelines", "ingestion,featurization", "--params", params)
+    fault_injection.wait_for_model_stage(fault_dir, first)
+    holder = json.loads((project / "data" / "run.lock").read_text())
+    assert holder["pid"] == first.pid
+
+    second = start_run(project, "--pipelines", "ingestion", "--params", params)
+    output, _ = second.communicate(timeout=120)
+    assert second.returncode == 1, output
+    message = " ".join(output.split())
+    assert f"Another run is writing these outputs: run {holder['run_id']} " in message
+    assert f"(process {first.pid} on " in message
+    assert "SparkSession ready" not in message, "refused before Spark starts"
+
+    fault_injection.resume(fault_dir)
+    finish(first)
+    assert featurization_info(project)["images_featurized"] == len(
+        list(tiny_image_set.rglob("*.jpg"))
+    )
+    assert not (project / "data" / "run.lock").exists(), "released at the end of the run"
+
+
+# ---------------------------------------------------------------- on a standalone cluster
+RAW = "fruits-pipeline/01_raw/fruits-360/"
+
+
+def s3_run(
+    target: Path, images: Path, weights: Path, master: str | None = None, fault: str | None = None
+) -> dict:
+    """A run of the emr environment (images and outputs on moto's S3) on ``master`` (local[2,4]
+    by default), its fault injected once it reaches the model stage (``fault``: a process of
+    ``fault_injection``'s pids to SIGKILL); returns its outputs by image and its metrics."""
+    bucket = create_bucket()
+    s3fs.S3FileSystem(skip_instance_cache=True).put(f"{images}/", f"{bucket}/{RAW}", recursive=True)
+    params = f"featurization.weights={weights}" + (f",spark_master={master}" if master else "")
+    # The outputs compared; not the app's embedder (a TensorFlow export) nor the plots.
+    args = ("--env", "emr", "--to-outputs", "pca_features,pipeline_metrics", "--params", params)
+    if fault:
+        project, fault_dir = faulty_project(target, "pause-at-model-stage", env="emr")
+        run = start_run(project, *args, bucket=bucket)
+        pids = fault_injection.wait_for_model_stage(fault_dir, run)
+        assert_is_process(pids[fault], fault)
+        os.kill(pids[fault], signal.SIGKILL)
+    else:
+        project = make_project_copy(target / "project")
+        run = start_run(project, *args, bucket=bucket)
+    output = finish(run)
+    return {"output": output, **s3_outputs(bucket)}
+
+
+def assert_is_process(pid: int, role: str) -> None:
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    expected = {"worker": "tests.fault_injection", "jvm": "CoarseGrainedExecutorBackend"}[role]
+    assert expected in command, f"process {pid} is not the {role} meant: {command}"
+
+
+def s3_outputs(bucket: str) -> dict:
+    """A run's PCA features by image (class/file name), its metrics and featurization info."""
+    filesystem = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = f"{bucket}/fruits-pipeline"
+    output = f"{root}/07_model_output/pca_features.parquet"
+    version = filesystem.cat_file(f"{output}/_COMMITTED").decode().strip()
+    table = pd.read_parquet(f"{output}/{version}", filesystem=filesystem)
+    prefix = f"s3a://{bucket}/{RAW}"
+    return {
+        "pca_features": {
+            path.removeprefix(prefix): np.asarray(vector["values"])
+            for path, vector in zip(table["path"], table["pca_features"], strict=True)
+        },
+        "metrics": json.loads(filesystem.cat_file(f"{root}/08_reporting/metrics.json")),
+        "info": json.loads(filesystem.cat_file(f"{root}/04_feature/featurization_info.json")),
+    }
+
+
+def assert_same_s3_outputs(run: dict, reference: dict) -> None:
+    """Same images, each once, the same k and PCA features within 1e-6."""
+    assert run["metrics"]["k"] == reference["metrics"]["k"]
+    assert run["metrics"]["images_in"] == run["metrics"]["images_featurized"]
+    assert run["metrics"]["images_in"] == len(reference["pca_features"])
+    assert run["pca_features"].keys() == reference["pca_features"].keys()
+    for image, vector in reference["pca_features"].items():
+        np.testing.assert_allclose(run["pca_features"][image], vector, atol=1e-6, err_msg=image)
+
+
+@pytest.fixture(scope="module")
+def local_s3_run(tiny_image_set, weights_file, moto_server, tmp_path_factory) -> dict:
+    """The clean reference: the emr environment on local[2,4]."""
+    return s3_run(tmp_path_factory.mktemp("local-s3-run"), tiny_image_set, weights_file)
+
+
+def test_cluster_run_gives_the_outputs_of_a_local_run(
+    spark_cluster, local_s3_run, tiny_image_set, weights_file, tmp_path
+):
+    apps = len(spark_cluster.state()["completedapps"])
+    run = s3_run(tmp_path, tiny_image_set, weights_file, master=spark_cluster.master_url)
+    assert f"SparkSession ready: master {spark_cluster.master_url}" in run["output"]
+    assert len(spark_cluster.state()["completedapps"]) == apps + 1
+    assert run["info"]["task_attempts_failed"] == 0
+    assert_same_s3_outputs(run, local_s3_run)
+
+
+@pytest.mark.parametrize("killed", ["worker", "jvm"], ids=["python-worker", "executor-jvm"])
+def test_cluster_run_survives_a_killed_process(
+    spark_cluster, local_s3_run, tiny_image_set, weights_file, tmp_path, killed
+):
+    run = s3_run(
+        tmp_path, tiny_image_set, weights_file, master=spark_cluster.master_url, fault=killed
+    )
+    assert run["info"]["task_attempts_failed"] >= 1, run["output"][-3000:]
+    assert run["info"]["images_quarantined"] == 0
+    assert_same_s3_outputs(run, local_s3_run)

@@ -1,6 +1,6 @@
 """Project hooks: once Kedro has configured logging, redact URIs from it (``redaction``); when a
-pipeline starts, check its inputs (``preflight``), then build the SparkSession
-(``spark_session``)."""
+pipeline starts, check its inputs (``preflight``), take the outputs' lock (``run_lock``), then
+build the SparkSession (``spark_session``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fruits_pipeline.preflight import (
     s3_buckets,
 )
 from fruits_pipeline.redaction import redact_logs
+from fruits_pipeline.run_lock import RunLock
 from fruits_pipeline.spark_session import create_spark_session, runs_whole_pipeline
 
 logger = logging.getLogger(__name__)
@@ -32,27 +33,73 @@ class RedactionHooks:
         redact_logs()
 
 
+class PreflightHooks:
+    """Checks, first of all, that the run's buckets and inputs can be had."""
+
+    def __init__(self) -> None:
+        self._catalog_config: dict[str, Any] = {}
+        self._env = "local"
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._catalog_config = dict(context.config_loader["catalog"])
+        self._env = context.env or "local"
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        check_buckets(s3_buckets(self._catalog_config, pipeline.datasets()), self._env)
+        check_pipeline_inputs(pipeline, catalog)
+
+
+class RunLockHooks:
+    """Holds the outputs' lock (parameters ``run_lock``) from the start of a run to its end,
+    after the preflight checks and before Spark starts."""
+
+    def __init__(self) -> None:
+        self._settings: dict[str, Any] = {}
+        self._lock: RunLock | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._settings = dict(context.params["run_lock"])
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        lock = RunLock(
+            self._settings["path"], run_params["run_id"], self._settings["lease_seconds"]
+        )
+        lock.acquire()
+        self._lock = lock
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+
 class SparkHooks:
     """Builds the SparkSession lazily: only when a pipeline run starts, so that commands that need
     no Spark (``kedro viz``, ``kedro catalog``, ``kedro registry``) start none."""
 
     def __init__(self) -> None:
         self._spark_config: dict[str, Any] = {}
-        self._catalog_config: dict[str, Any] = {}
-        self._env = "local"
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._spark_config = dict(context.config_loader["spark"])
-        self._catalog_config = dict(context.config_loader["catalog"])
-        self._env = context.env or "local"
 
-    @hook_impl
+    @hook_impl(trylast=True)
     def before_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
     ) -> None:
-        check_buckets(s3_buckets(self._catalog_config, pipeline.datasets()), self._env)
-        check_pipeline_inputs(pipeline, catalog)
         spark = create_spark_session(
             self._spark_config, write_class_archive=runs_whole_pipeline(run_params)
         )

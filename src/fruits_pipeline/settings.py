@@ -8,12 +8,13 @@ import warnings
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from fruits_pipeline.hooks import RedactionHooks, SparkHooks
+from fruits_pipeline.hooks import PreflightHooks, RedactionHooks, RunLockHooks, SparkHooks
 
 # RedactionHooks redacts URIs (a presigned URL's signature) from the console and the log file.
-# SparkHooks builds the SparkSession from conf/<env>/spark.yml when a pipeline run starts,
-# after checking that the run's inputs (images, weights, S3 buckets) can be had.
-HOOKS = (RedactionHooks(), SparkHooks())
+# When a pipeline run starts, PreflightHooks checks that its inputs (images, weights, S3
+# buckets) can be had, RunLockHooks takes the outputs' lock, and SparkHooks builds the
+# SparkSession from conf/<env>/spark.yml (in this order: tryfirst, trylast).
+HOOKS = (RedactionHooks(), PreflightHooks(), RunLockHooks(), SparkHooks())
 
 # Kedro 1.7 registers its resolvers with OmegaConf's deprecated call: nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
