@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
+import boto3
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,18 +35,18 @@ from tests.conftest import (
     parquet,
     run_params,
 )
+from tests.tcp_proxy import TroubledProxy
 
 pytestmark = pytest.mark.faults
 
 
-def start_run(project: Path, *args: str, bucket: str | None = None) -> subprocess.Popen:
-    """`kedro run` in its own process group (so that a test can kill all of it); ``bucket`` is
-    the emr environment's."""
-    bucket_setting = {"FRUITS_S3_BUCKET": bucket} if bucket else {}
+def start_run(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`kedro run` in its own process group (so that a test can kill all of it), with ``env``
+    added to this process's environment."""
     return subprocess.Popen(
         [sys.executable, "-m", "kedro", "run", *args],
         cwd=project,
-        env={**os.environ, "COLUMNS": "200", **bucket_setting},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -51,8 +55,12 @@ def start_run(project: Path, *args: str, bucket: str | None = None) -> subproces
 
 
 def finish(run: subprocess.Popen, timeout: float = 600) -> str:
+    """Waits for a run that must succeed; prints how long its pipeline took (`pytest -s`
+    shows it: docs/reliability.md has the figures)."""
     output, _ = run.communicate(timeout=timeout)
     assert run.returncode == 0, output[-4000:]
+    seconds = re.search(r"completed successfully in ([0-9.]+) sec", output)
+    print(f"\n[fault figures] {os.environ.get('PYTEST_CURRENT_TEST')}: {seconds and seconds[1]} s")
     return output
 
 
@@ -210,27 +218,40 @@ RAW = "fruits-pipeline/01_raw/fruits-360/"
 
 
 def s3_run(
-    target: Path, images: Path, weights: Path, master: str | None = None, fault: str | None = None
+    target: Path,
+    images: Path,
+    weights: Path,
+    master: str | None = None,
+    at_model_stage: Callable[[dict, Path], None] | None = None,
+    endpoint: str | None = None,
 ) -> dict:
-    """A run of the emr environment (images and outputs on moto's S3) on ``master`` (local[2,4]
-    by default), its fault injected once it reaches the model stage (``fault``: a process of
-    ``fault_injection``'s pids to SIGKILL); returns its outputs by image and its metrics."""
+    """A run of the emr environment (images and outputs on moto's S3, or on ``endpoint`` in
+    front of it) on ``master`` (local[2,4] by default); ``at_model_stage`` injects its fault
+    once the run has reached its model stage, given the pids and fault folder of
+    ``fault_injection``. Returns the run's outputs by image and its metrics."""
     bucket = create_bucket()
     s3fs.S3FileSystem(skip_instance_cache=True).put(f"{images}/", f"{bucket}/{RAW}", recursive=True)
     params = f"featurization.weights={weights}" + (f",spark_master={master}" if master else "")
     # The outputs compared; not the app's embedder (a TensorFlow export) nor the plots.
     args = ("--env", "emr", "--to-outputs", "pca_features,pipeline_metrics", "--params", params)
-    if fault:
+    env = {"FRUITS_S3_BUCKET": bucket, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})}
+    if at_model_stage:
         project, fault_dir = faulty_project(target, "pause-at-model-stage", env="emr")
-        run = start_run(project, *args, bucket=bucket)
-        pids = fault_injection.wait_for_model_stage(fault_dir, run)
-        assert_is_process(pids[fault], fault)
-        os.kill(pids[fault], signal.SIGKILL)
+        run = start_run(project, *args, env=env)
+        at_model_stage(fault_injection.wait_for_model_stage(fault_dir, run), fault_dir)
     else:
         project = make_project_copy(target / "project")
-        run = start_run(project, *args, bucket=bucket)
+        run = start_run(project, *args, env=env)
     output = finish(run)
-    return {"output": output, **s3_outputs(bucket)}
+    return {"output": output, "bucket": bucket, **s3_outputs(bucket)}
+
+
+def kill(role: str) -> Callable[[dict, Path], None]:
+    def kill_process(pids: dict, fault_dir: Path) -> None:
+        assert_is_process(pids[role], role)
+        os.kill(pids[role], signal.SIGKILL)
+
+    return kill_process
 
 
 def assert_is_process(pid: int, role: str) -> None:
@@ -289,8 +310,51 @@ def test_cluster_run_survives_a_killed_process(
     spark_cluster, local_s3_run, tiny_image_set, weights_file, tmp_path, killed
 ):
     run = s3_run(
-        tmp_path, tiny_image_set, weights_file, master=spark_cluster.master_url, fault=killed
+        tmp_path,
+        tiny_image_set,
+        weights_file,
+        master=spark_cluster.master_url,
+        at_model_stage=kill(killed),
     )
     assert run["info"]["task_attempts_failed"] >= 1, run["output"][-3000:]
     assert run["info"]["images_quarantined"] == 0
     assert_same_s3_outputs(run, local_s3_run)
+
+
+# ---------------------------------------------------------------- S3 trouble
+def assert_nothing_partial_committed(bucket: str) -> None:
+    """No multipart upload left open, and every committed version of a Spark output complete."""
+    s3 = boto3.client("s3")
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    filesystem = s3fs.S3FileSystem(skip_instance_cache=True)
+    pointers = filesystem.glob(f"{bucket}/fruits-pipeline/**/_COMMITTED")
+    assert pointers
+    for pointer in pointers:
+        version = f"{pointer.rsplit('/', 1)[0]}/{filesystem.cat_file(pointer).decode().strip()}"
+        # A Spark write (a table, or each part of a Spark ML model) ends with its _SUCCESS.
+        folders = {part.rsplit("/", 1)[0] for part in filesystem.glob(f"{version}/**/part-*")}
+        assert folders, f"{version} holds no data"
+        for folder in folders:
+            assert filesystem.exists(f"{folder}/_SUCCESS"), f"{folder} is incomplete"
+
+
+def test_s3_connection_resets_and_latency_are_absorbed(
+    local_s3_run, moto_server, tiny_image_set, weights_file, tmp_path
+):
+    moto = urlparse(moto_server)
+    proxy = TroubledProxy((moto.hostname, moto.port))
+
+    def trouble(pids: dict, fault_dir: Path) -> None:
+        # From the model stage on: the images' reads, the image table's MERGE, the PCA's writes.
+        proxy.trouble(seconds=40, reset_every=5, latency=0.05)
+        fault_injection.resume(fault_dir)
+
+    try:
+        run = s3_run(
+            tmp_path, tiny_image_set, weights_file, at_model_stage=trouble, endpoint=proxy.url
+        )
+    finally:
+        proxy.close()
+    assert proxy.requests_lost >= 3 and proxy.responses_lost >= 3, vars(proxy)
+    assert_same_s3_outputs(run, local_s3_run)
+    assert_nothing_partial_committed(run["bucket"])

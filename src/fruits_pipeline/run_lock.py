@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -128,14 +129,16 @@ class RunLock:
 
     def acquire(self) -> None:
         """Takes the lock, or raises ConcurrentRunError naming the run that holds it."""
-        self._filesystem.makedirs(self._filesystem._parent(self._path), exist_ok=True)
+        self._filesystem.makedirs(posixpath.dirname(self._path), exist_ok=True)
         for _ in range(3):
-            if self._create():
+            created = self._create()
+            holder = None if created else self._read()
+            # A holder of this run: created, but the response to the create was lost.
+            if created or (holder is not None and holder.run_id == self._holder.run_id):
                 _HELD.add(self._holder.run_id)
                 self._start_renewing()
                 logger.info("Run lock %s taken", redact(self.uri))
                 return
-            holder = self._read()
             if holder is None:  # released between the two calls
                 continue
             if not (holder.stale(time.time()) and self._take_over(holder)):
