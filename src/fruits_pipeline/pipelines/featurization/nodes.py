@@ -8,12 +8,13 @@ interpreter and keeps it in a module-level cache, so that it is reused by every 
 (``mapInArrow``): a batch's features are one float32 buffer, not a Python object per image.
 
 A task whose worker died (killed, out of memory, or a native decoder crashing on one file) is
-retried by Spark; a retried attempt decodes each image in a forked child first, so that a file
+retried by Spark; a retried attempt decodes its batches in a forked child first, so that a file
 that crashes the decoder is quarantined with its reason instead of killing every attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -92,20 +93,42 @@ def _worker_model(litert_model: Broadcast, settings: WorkerSettings):
     return model
 
 
-def decoder_crash(content: bytes, max_image_pixels: int) -> str | None:
-    """Decodes ``content`` in a forked child of this worker: the crash reason if the child died
-    by a signal (a native decoder crash, which would kill the worker itself), else None. Forking
-    costs ~1 ms (the child shares the worker's memory), so only retried tasks pay it."""
+def _crash_signal(contents: list[bytes], max_image_pixels: int) -> str | None:
+    """Decodes ``contents`` in a forked child of this worker: the name of the signal that
+    killed the child (a native decoder crash, which would kill the worker itself), else None."""
     child = os.fork()
     if child == 0:  # pragma: no cover (runs in the child)
         try:
-            mobilenet_v2.decode_image(content, max_image_pixels)
+            for content in contents:
+                with contextlib.suppress(mobilenet_v2.ImageDecodeError):
+                    mobilenet_v2.decode_image(content, max_image_pixels)
         finally:
             os._exit(0)  # no clean-up of the parent's sockets and buffers, whatever happened
     _, status = os.waitpid(child, 0)
-    if os.WIFSIGNALED(status):
-        return DECODER_CRASH.format(signal=signal.Signals(os.WTERMSIG(status)).name)
-    return None
+    return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
+
+
+def decoder_crashes(contents: dict[int, bytes], max_image_pixels: int) -> dict[int, str]:
+    """The rows whose bytes crash the decoder, with the reason: the rows are decoded in one
+    forked child, and halved while a child dies, down to the crashing files (a batch of 64
+    with one such file: 13 children). Decoding twice costs a few ms an image, so only retried
+    tasks pay it."""
+    if not contents:
+        return {}
+    crash = _crash_signal(list(contents.values()), max_image_pixels)
+    if crash is None:
+        return {}
+    if len(contents) == 1:
+        return {row: DECODER_CRASH.format(signal=crash) for row in contents}
+    rows = list(contents)
+    halves = (rows[: len(rows) // 2], rows[len(rows) // 2 :])
+    return {
+        row: reason
+        for half in halves
+        for row, reason in decoder_crashes(
+            {row: contents[row] for row in half}, max_image_pixels
+        ).items()
+    }
 
 
 def featurize_batch(
@@ -116,18 +139,27 @@ def featurize_batch(
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Features (a list array over one float32 buffer, null where the image cannot be read),
     reasons and error classes for a batch of image bytes; ``isolate_decoding`` first decodes
-    each image in a child process (``decoder_crash``)."""
+    the batch in a child process (``decoder_crashes``)."""
     rows = len(contents)
     reasons: list[str | None] = [None] * rows
     error_classes: list[str | None] = [None] * rows
     decoded: list[np.ndarray] = []
     featurized = np.zeros(rows, dtype=bool)
-    for row, content in enumerate(contents.to_pylist()):
+    files = contents.to_pylist()
+    crashes = (
+        decoder_crashes(
+            {row: content for row, content in enumerate(files) if content},
+            settings.max_image_pixels,
+        )
+        if isolate_decoding
+        else {}
+    )
+    for row, content in enumerate(files):
         if content is None:
             reasons[row], error_classes[row] = UNREADABLE, "UnreadableFile"
             continue
-        if isolate_decoding and (crash := decoder_crash(content, settings.max_image_pixels)):
-            reasons[row], error_classes[row] = crash, "DecoderCrash"
+        if row in crashes:
+            reasons[row], error_classes[row] = crashes[row], "DecoderCrash"
             continue
         try:
             decoded.append(mobilenet_v2.decode_image(content, settings.max_image_pixels))
