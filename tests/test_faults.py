@@ -54,13 +54,22 @@ def start_run(project: Path, *args: str, env: dict[str, str] | None = None) -> s
     )
 
 
+def record_figures(**figures) -> None:
+    """With FRUITS_FAULT_FIGURES set, appends the current test's figures to that file (the
+    figures of docs/reliability.md)."""
+    if path := os.environ.get("FRUITS_FAULT_FIGURES"):
+        test = os.environ["PYTEST_CURRENT_TEST"].split(" ")[0]
+        with open(path, "a") as file:
+            print(test, json.dumps(figures), sep="\t", file=file)
+
+
 def finish(run: subprocess.Popen, timeout: float = 600) -> str:
-    """Waits for a run that must succeed; prints how long its pipeline took (`pytest -s`
-    shows it: docs/reliability.md has the figures)."""
+    """Waits for a run that must succeed, and records how long its pipeline took."""
     output, _ = run.communicate(timeout=timeout)
     assert run.returncode == 0, output[-4000:]
     seconds = re.search(r"completed successfully in ([0-9.]+) sec", output)
-    print(f"\n[fault figures] {os.environ.get('PYTEST_CURRENT_TEST')}: {seconds and seconds[1]} s")
+    retried = re.search(r"(\d+) task attempts failed and were retried", output)
+    record_figures(seconds=seconds and seconds[1], attempts_failed=retried and retried[1])
     return output
 
 
@@ -187,6 +196,7 @@ def test_driver_killed_in_the_model_stage_then_the_next_run_completes(
     assert features.keys() == expected.keys()
     for path, vector in expected.items():
         np.testing.assert_allclose(features[path], vector, atol=1e-6, err_msg=path)
+    assert featurization_info(project)["images_sent_to_model"] == len(expected)
 
 
 def test_two_runs_on_the_same_outputs_never_interleave(tiny_image_set, weights_file, tmp_path):
@@ -258,6 +268,7 @@ def assert_is_process(pid: int, role: str) -> None:
     command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     expected = {"worker": "tests.fault_injection", "jvm": "CoarseGrainedExecutorBackend"}[role]
     assert expected in command, f"process {pid} is not the {role} meant: {command}"
+    assert "SharedArchiveFile" not in command, "the class archive is the driver's alone"
 
 
 def s3_outputs(bucket: str) -> dict:
@@ -355,6 +366,31 @@ def test_s3_connection_resets_and_latency_are_absorbed(
         )
     finally:
         proxy.close()
+    counters = ("requests", "requests_in_trouble", "requests_lost", "responses_lost")
+    record_figures(**{name: getattr(proxy, name) for name in counters})
     assert proxy.requests_lost >= 3 and proxy.responses_lost >= 3, vars(proxy)
     assert_same_s3_outputs(run, local_s3_run)
     assert_nothing_partial_committed(run["bucket"])
+
+
+def test_decoder_crashes_finds_exactly_the_crashing_files(sample_images, monkeypatch):
+    from fruits_pipeline import mobilenet_v2
+    from fruits_pipeline.pipelines.featurization.nodes import decoder_crashes
+
+    decode_image = mobilenet_v2.decode_image
+
+    def crashing_decoder(content: bytes, max_pixels: int):
+        if fault_injection.CRASH_MARKER in content:
+            os.kill(os.getpid(), signal.SIGSEGV)  # in the forked child only
+        return decode_image(content, max_pixels)
+
+    monkeypatch.setattr(mobilenet_v2, "decode_image", crashing_decoder)
+    contents = {
+        row: path.read_bytes() for row, path in enumerate(sorted(sample_images.rglob("*.jpg"))[:64])
+    }
+    contents[5] += fault_injection.CRASH_MARKER
+    contents[50] += fault_injection.CRASH_MARKER
+    contents[51] = b"not an image"  # an ordinary decoding error: the parent quarantines it
+    crashes = decoder_crashes(contents, 50_000_000)
+    assert sorted(crashes) == [5, 50]
+    assert "crashed on this file (SIGSEGV)" in crashes[5]

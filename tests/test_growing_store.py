@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,54 +241,6 @@ def test_the_tables_rows_are_checked_too(spark, history, small_image_set):
     check_same_store(image_table(spark, history["project"]), f"file:{history['store']}")
     with pytest.raises(OtherStoreError, match=f"not of {other}, which this run reads"):
         check_same_store(image_table(spark, history["project"]), other)
-
-
-def _model_stage_started(session: int) -> bool:
-    """Whether a process of the run's session is a PySpark Python worker daemon: the first
-    Python UDF of the pipeline is the model's, so the model stage has started."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if os.getsid(int(proc.name)) != session:
-                continue
-            if b"pyspark.daemon" in (proc / "cmdline").read_bytes():
-                return True
-        except (OSError, ProcessLookupError):
-            continue
-    return False
-
-
-def test_a_run_killed_during_the_model_stage_loses_and_duplicates_nothing(
-    spark, small_image_set, weights_file, tmp_path
-):
-    project = make_project_copy(tmp_path / "project")
-    args = ["run", "--params", run_params(small_image_set, weights_file)]
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "kedro", *args],
-        cwd=project,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while not _model_stage_started(killed.pid) and killed.poll() is None:
-        assert time.monotonic() < deadline, "the model stage never started"
-        time.sleep(0.05)
-    time.sleep(1.0)  # well into the model stage of 156 images
-    os.killpg(killed.pid, signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL, "killed before it finished"
-    table = project / "data" / "04_feature" / "image_features"
-    assert not (table / "_delta_log").exists() or image_table(spark, project).count() == 0
-
-    again = kedro_process(project, *args, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rows = image_table(spark, project).collect()
-    paths = [row["path"] for row in rows]
-    assert len(paths) == len(set(paths)) == 13 * 12, "no duplicate, no lost image"
-    assert set(paths) == {f"file:{path}" for path in small_image_set.rglob("*.jpg")}
-    assert all((row["features"] is None) == (row["reason"] is not None) for row in rows)
-    assert featurization_info(project)["images_sent_to_model"] == 13 * 12
 
 
 def test_the_store_grows_on_s3_in_the_emr_environment(

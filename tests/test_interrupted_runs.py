@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.test_preflight import kedro_run
 
@@ -19,6 +20,7 @@ def _read_committed(dataset: Path):
     return version, pq.read_table(dataset / version).sort_by("path")
 
 
+@pytest.mark.faults
 def test_killed_run_keeps_the_last_good_output(project_copy, sample_images, weights_file):
     params = f"raw_images_path={sample_images},featurization.weights={weights_file}"
     first = kedro_run(project_copy, "--pipelines", "ingestion", "--params", params)

@@ -11,6 +11,8 @@ import s3fs
 
 from fruits_pipeline.run_lock import ConcurrentRunError, RunLock
 
+pytestmark = pytest.mark.faults
+
 
 def _lock_uri(bucket: str) -> str:
     return f"s3a://{bucket}/fruits-pipeline/run.lock"
