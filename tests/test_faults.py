@@ -7,6 +7,7 @@ to: the run's own count of failed task attempts (Spark's status tracker) must be
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -380,8 +381,9 @@ def test_decoder_crashes_finds_exactly_the_crashing_files(sample_images, monkeyp
     decode_image = mobilenet_v2.decode_image
 
     def crashing_decoder(content: bytes, max_pixels: int):
-        if fault_injection.CRASH_MARKER in content:
-            os.kill(os.getpid(), signal.SIGSEGV)  # in the forked child only
+        if fault_injection.CRASH_MARKER in content:  # in the forked child only
+            faulthandler.disable()  # pytest's: no traceback dump in the test's output
+            os.kill(os.getpid(), signal.SIGSEGV)
         return decode_image(content, max_pixels)
 
     monkeypatch.setattr(mobilenet_v2, "decode_image", crashing_decoder)
