@@ -96,7 +96,7 @@ class TroubledProxy:
                             if fault == "lose-request":
                                 return _reset(client)
                             lose_response = fault == "lose-response"
-                            time.sleep(self._trouble.latency if fault or self._in_trouble() else 0)
+                            time.sleep(self._trouble.latency if self._in_trouble() else 0)
                         upstream.sendall(data)
                     else:
                         if lose_response:

@@ -1,6 +1,7 @@
 """Faults injected into real runs: each run absorbs its fault, accounts for every image exactly
 once, and gives the outputs of a clean run. Each test proves its fault happened where it meant it
-to: the run's own count of failed task attempts (Spark's status tracker) must be above zero.
+to: the run's own count of failed task attempts (Spark's status tracker) above zero, the killed
+process's command line, the lock's holder, the proxy's counters.
 
 `pytest -m faults` selects these tests.
 """
@@ -93,9 +94,9 @@ def features_by_path(table) -> dict[str, np.ndarray | None]:
     }
 
 
-def assert_same_outputs(spark, project: Path, clean: Path) -> None:
-    """Every image exactly once, features within 1e-6 and the same k and PCA features as the
-    clean run."""
+def assert_same_features(spark, project: Path, clean: Path) -> int:
+    """Every image of the clean run's table exactly once, its features within 1e-6; returns
+    how many images there are."""
     rows = image_table(spark, project).select("path").collect()
     assert len(rows) == len({row["path"] for row in rows}), "an image has two rows"
     features, expected = (
@@ -104,12 +105,19 @@ def assert_same_outputs(spark, project: Path, clean: Path) -> None:
     assert features.keys() == expected.keys()
     for path, vector in expected.items():
         np.testing.assert_allclose(features[path], vector, atol=1e-6, err_msg=path)
+    return len(expected)
+
+
+def assert_same_outputs(spark, project: Path, clean: Path) -> None:
+    """Every image exactly once, features within 1e-6 and the same k and PCA features as the
+    clean run."""
+    images = assert_same_features(spark, project, clean)
     metrics, clean_metrics = (
         json.loads((folder / "data/08_reporting/metrics.json").read_text())
         for folder in (project, clean)
     )
     assert metrics["k"] == clean_metrics["k"]
-    assert metrics["images_in"] == metrics["images_featurized"] == len(expected)
+    assert metrics["images_in"] == metrics["images_featurized"] == images
     projected, clean_projected = (
         {
             row["path"]: row["pca_features"].toArray()
@@ -189,15 +197,8 @@ def test_driver_killed_in_the_model_stage_then_the_next_run_completes(
     output = finish(rerun)
     assert "which ended without releasing it" in output
     assert not lock.exists()
-    rows = image_table(spark, project).select("path").collect()
-    assert len(rows) == len({row["path"] for row in rows})
-    features, expected = (
-        features_by_path(image_table(spark, folder)) for folder in (project, finished_run)
-    )
-    assert features.keys() == expected.keys()
-    for path, vector in expected.items():
-        np.testing.assert_allclose(features[path], vector, atol=1e-6, err_msg=path)
-    assert featurization_info(project)["images_sent_to_model"] == len(expected)
+    images = assert_same_features(spark, project, finished_run)
+    assert featurization_info(project)["images_sent_to_model"] == images
 
 
 def test_two_runs_on_the_same_outputs_never_interleave(tiny_image_set, weights_file, tmp_path):

@@ -137,7 +137,7 @@ class RunLock:
             if created or (holder is not None and holder.run_id == self._holder.run_id):
                 _HELD.add(self._holder.run_id)
                 self._start_renewing()
-                logger.info("Run lock %s taken", redact(self.uri))
+                logger.info("Run lock %s taken", self.uri)  # the log redacts URIs itself
                 return
             if holder is None:  # released between the two calls
                 continue

@@ -212,18 +212,20 @@ def _partitions(images: int, slots: int, featurization: dict[str, Any]) -> int:
 
 
 @contextmanager
-def failed_attempts(spark_context: SparkContext, description: str) -> Iterator[list[int]]:
-    """Runs the block's Spark jobs as one job group; the list it yields gets the number of task
-    attempts that failed in them (and were retried) once the block ends, from Spark's status
-    tracker."""
+def job_group(spark_context: SparkContext, description: str) -> Iterator[str]:
+    """Runs the block's Spark jobs as one new job group, whose id it yields."""
     group = f"{description} {uuid.uuid4().hex[:8]}"
     spark_context.setJobGroup(group, description)
-    failed: list[int] = []
     try:
-        yield failed
+        yield group
     finally:
         spark_context.setLocalProperty("spark.jobGroup.id", None)
         spark_context.setLocalProperty("spark.job.description", None)
+
+
+def failed_task_attempts(spark_context: SparkContext, group: str) -> int:
+    """How many task attempts failed (and were retried) in the jobs of ``group``, from Spark's
+    status tracker."""
     tracker = spark_context.statusTracker()
     stages = [
         tracker.getStageInfo(stage)
@@ -231,7 +233,7 @@ def failed_attempts(spark_context: SparkContext, description: str) -> Iterator[l
         if (info := tracker.getJobInfo(job))
         for stage in info.stageIds
     ]
-    failed.append(sum(stage.numFailedTasks for stage in stages if stage))
+    return sum(stage.numFailedTasks for stage in stages if stage)
 
 
 @contextmanager
@@ -316,13 +318,14 @@ def _run_model(
     )
     # The model stage is the long one: a thread logs its progress while the count runs it.
     with (
-        failed_attempts(spark.sparkContext, "featurization: MobileNetV2") as failed,
+        job_group(spark.sparkContext, "featurization: MobileNetV2") as group,
         progress_log(images_received, images),
     ):
         results.count()
-    if failed[0]:
-        logger.warning("featurization: %d task attempts failed and were retried", failed[0])
-    return results, images_received.value, failed[0]
+    failed = failed_task_attempts(spark.sparkContext, group)
+    if failed:
+        logger.warning("featurization: %d task attempts failed and were retried", failed)
+    return results, images_received.value, failed
 
 
 def extract_features(
