@@ -48,11 +48,9 @@ def _training(sample_images: Path, label: str) -> list[Path]:
 def _record(spark, project: Path) -> Step:
     import json
 
-    from delta.tables import DeltaTable
-
     table_path = str(project / "data" / "04_feature" / "image_features")
     rows = image_table(spark, project).collect()
-    version = DeltaTable.forPath(spark, table_path).history(1).first()["version"]
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{table_path}` LIMIT 1").first()["version"]
     pca = {
         row["path"]: row["pca_features"].toArray()
         for row in parquet(spark, project, "07_model_output/pca_features.parquet").collect()

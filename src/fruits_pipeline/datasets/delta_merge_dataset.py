@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from delta.tables import DeltaTable
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._utils.spark_utils import get_spark
 from pyspark.sql import DataFrame
@@ -18,6 +17,10 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
     a replayed run leaves the table's version as it was.
 
     ``none_when_missing`` makes ``load`` return None, rather than fail, before the first save.
+
+    Only Delta's SQL is used, not its Python package: the SQL needs nothing but Delta's jars,
+    which EMR ships with its Spark, while the ``delta-spark`` Python package requires a pip
+    ``pyspark`` beside the cluster's own.
     """
 
     def __init__(
@@ -35,48 +38,62 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
         self.none_when_missing = none_when_missing
         self.metadata = metadata
 
-    def _table(self) -> DeltaTable | None:
+    @property
+    def _table_name(self) -> str:
+        return "delta.`{}`".format(self._filepath.replace("`", "``"))
+
+    def _is_table(self) -> bool:
+        # Delta's own check (a readable _delta_log), from its Scala API: the jars' only door.
         spark = get_spark()
-        if not DeltaTable.isDeltaTable(spark, self._filepath):
+        return spark._jvm.io.delta.tables.DeltaTable.isDeltaTable(
+            spark._jsparkSession, self._filepath
+        )
+
+    def _read(self) -> DataFrame | None:
+        if not self._is_table():
             return None
-        return DeltaTable.forPath(spark, self._filepath)
+        return get_spark().read.format("delta").load(self._filepath)
 
     def load(self) -> DataFrame | None:
-        table = self._table()
-        if table is None:
-            if self.none_when_missing:
-                return None
+        table = self._read()
+        if table is None and not self.none_when_missing:
             raise DatasetError(
                 f"No Delta table at {self._filepath}: run the pipeline that writes it."
             )
-        return table.toDF()
+        return table
 
     def save(self, data: DataFrame) -> None:
-        changes = data.alias("change")
-        if changes.isEmpty():
+        if data.isEmpty():
             return
-        table = self._table()
         columns = [name for name in data.columns if name != self._delete_column]
-        if table is None:
-            table = (
-                DeltaTable.createIfNotExists(get_spark())
-                .location(self._filepath)
-                .addColumns(data.select(*columns).schema)
-                .execute()
+        deleted = F.col(self._delete_column)
+        if not self._is_table():
+            # The first batch creates the table; a concurrent creator makes this one fail.
+            data.where(~deleted).select(*columns).write.format("delta").mode("errorifexists").save(
+                self._filepath
             )
-        deleted = F.col(f"change.{self._delete_column}")
-        assignments = {name: F.col(f"change.{name}") for name in columns}
-        (
-            table.alias("stored")
-            .merge(changes, f"stored.{self._key} = change.{self._key}")
-            .whenMatchedDelete(condition=deleted)
-            .whenMatchedUpdate(set=assignments)
-            .whenNotMatchedInsert(condition=~deleted, values=assignments)
-            .execute()
-        )
+            return
+        view = f"delta_merge_changes_{id(data):x}"
+        data.createOrReplaceTempView(view)
+        quoted = [f"`{name}`" for name in columns]
+        try:
+            get_spark().sql(
+                f"MERGE INTO {self._table_name} AS stored USING {view} AS change "
+                f"ON stored.`{self._key}` = change.`{self._key}` "
+                f"WHEN MATCHED AND change.`{self._delete_column}` THEN DELETE "
+                "WHEN MATCHED THEN UPDATE SET "
+                + ", ".join(f"{name} = change.{name}" for name in quoted)
+                + f" WHEN NOT MATCHED AND NOT change.`{self._delete_column}` THEN INSERT ("
+                + ", ".join(quoted)
+                + ") VALUES ("
+                + ", ".join(f"change.{name}" for name in quoted)
+                + ")"
+            )
+        finally:
+            get_spark().catalog.dropTempView(view)
 
     def _exists(self) -> bool:
-        return DeltaTable.isDeltaTable(get_spark(), self._filepath)
+        return self._is_table()
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "key": self._key}
