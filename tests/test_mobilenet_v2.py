@@ -267,3 +267,26 @@ def test_corrupt_weights_file_is_refused(weights_file, tmp_path):
     corrupt.write_bytes(corrupt.read_bytes()[:4096])
     with pytest.raises(mobilenet_v2.WeightsUnavailableError, match="is not a MobileNetV2"):
         mobilenet_v2.load_feature_extractor(mobilenet_v2.resolve_weights(str(corrupt)))
+
+
+def test_an_exported_model_is_taken_as_weights_and_another_model_is_refused(
+    model_file, sample_images, tmp_path
+):
+    model = mobilenet_v2.load_feature_model(str(model_file))
+    assert model.litert == model_file.read_bytes()
+    assert model.id == model.weights.sha256  # the file itself names the rows it featurizes
+    # The app's embedder made from it (a projection appended, no TensorFlow) gives the
+    # projected features; as weights, it is refused: it does not output 1280 features.
+    rng = np.random.default_rng(7)
+    mean, scale = rng.normal(size=1280), rng.uniform(0.5, 2.0, size=1280)
+    components = rng.normal(size=(1280, 5)) / 40
+    embedder = tmp_path / "embedder.tflite"
+    embedder.write_bytes(mobilenet_v2.export_embedder(model.litert, mean, scale, components))
+    photos = sorted((sample_images / "Training" / "Banana Red").glob("*.jpg"))[:3]
+    images = np.stack([mobilenet_v2.decode_image(path.read_bytes(), 10**6) for path in photos])
+    features = mobilenet_v2.FeatureExtractor(model.litert, threads=1)(images)
+    expected = ((features.astype(np.float64) - mean) * scale) @ components
+    projected = mobilenet_v2.FeatureExtractor(embedder.read_bytes(), threads=1)(images)
+    assert np.abs(projected - expected).max() <= 1e-4
+    with pytest.raises(mobilenet_v2.WeightsUnavailableError, match=r"not this project's"):
+        mobilenet_v2.load_feature_model(str(embedder))

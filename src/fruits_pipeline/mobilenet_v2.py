@@ -10,13 +10,15 @@ with global average pooling: 1280 floats an image. Keras builds it and loads the
 own ``export(format="litert")`` turns it into a float32 LiteRT (TensorFlow Lite) model, which
 is what runs on the images: LiteRT's XNNPACK kernels run it ~3.5 times faster per core than
 TensorFlow does on CPU, with the same features (within 1e-4), and LiteRT imports in 0.1 s where
-TensorFlow and Keras take ~9 s in every Spark Python worker.
+TensorFlow and Keras take ~9 s in every Spark Python worker. An exported model may also be given
+instead of the weights: then neither TensorFlow nor Keras is needed at all (an EMR node).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import io
 import os
 import tempfile
@@ -45,6 +47,8 @@ INPUT_SIZE = 224
 EXPORT_LAYOUT = "u8in"
 FEATURE_DIM = 1280
 IMAGENET = "imagenet"
+# The suffix of an exported feature extractor given as featurization.weights.
+LITERT_SUFFIX = ".tflite"
 
 # The file and address Keras itself uses for MobileNetV2(alpha=1.0, 224, include_top=False):
 # asking keras.utils.get_file for it goes through Keras' cache ($KERAS_HOME/models/) exactly as
@@ -84,7 +88,10 @@ def _how_to_provide(source: str, reason: str) -> str:
         f"downloaded once from {IMAGENET_WEIGHTS_URL};\n"
         "  2. point at a Keras weights file for MobileNetV2 1.0 without top (.weights.h5, or the "
         "legacy .h5 layout), local or remote: "
-        "kedro run --params featurization.weights=/path/to/mobilenet_v2.weights.h5"
+        "kedro run --params featurization.weights=/path/to/mobilenet_v2.weights.h5;\n"
+        "  3. point at the LiteRT model this project exported from such weights (.tflite: "
+        "data/06_models/feature_extractor.tflite, or the one `kedro emr upload-release` "
+        "uploads), which needs no TensorFlow."
     )
 
 
@@ -309,15 +316,56 @@ def export_litert(weights: WeightsFile) -> bytes:
     reads it back and neither imports TensorFlow nor rebuilds the model.
 
     Raises:
-        WeightsUnavailableError: the file is corrupt or holds another architecture's weights.
+        WeightsUnavailableError: the file is corrupt or holds another architecture's weights,
+            or Keras and TensorFlow, which export it, are not installed.
     """
-    return _cached_litert(litert_cache_path(weights), lambda: _from_decoded_images(weights))
+    cached = litert_cache_path(weights)
+    if not cached.is_file() and importlib.util.find_spec("keras") is None:
+        raise WeightsUnavailableError(
+            _how_to_provide(
+                weights.source,
+                "Keras weights are exported to LiteRT by Keras and TensorFlow, which this "
+                "environment lacks (an EMR node installs neither).",
+            )
+        )
+    return _cached_litert(cached, lambda: _from_decoded_images(weights))
+
+
+def _checked_litert(weights: WeightsFile) -> bytes:
+    """The LiteRT model file named by the weights setting, refused unless it maps decoded
+    images, uint8 (N, 224, 224, 3), to float32 (N, 1280) as ``export_litert``'s do."""
+    model = Path(weights.local_path).read_bytes()
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=model)
+        (image,), (features,) = (
+            interpreter.get_input_details(),
+            interpreter.get_output_details(),
+        )
+        shapes = (list(image["shape"][1:]), list(features["shape"][1:]))
+        types = (image["dtype"], features["dtype"])
+    except Exception as error:
+        raise WeightsUnavailableError(
+            _how_to_provide(weights.source, f"{weights.local_path} is not a LiteRT model: {error}")
+        ) from error
+    if shapes != ([INPUT_SIZE, INPUT_SIZE, 3], [FEATURE_DIM]) or types != (np.uint8, np.float32):
+        raise WeightsUnavailableError(
+            _how_to_provide(
+                weights.source,
+                f"{weights.local_path} maps {types[0].__name__} {shapes[0]} images to "
+                f"{types[1].__name__} {shapes[1]}, not this project's feature extractor "
+                f"(uint8 [{INPUT_SIZE}, {INPUT_SIZE}, 3] -> float32 [{FEATURE_DIM}]).",
+            )
+        )
+    return model
 
 
 @dataclass(frozen=True)
 class FeatureModel:
-    """The feature extractor a run uses: its weights file and the LiteRT model exported from
-    them. ``id`` (the weights' sha256) names the model in every row it featurizes."""
+    """The feature extractor a run uses: its weights file (Keras weights, or the LiteRT model
+    exported from them) and the LiteRT model. ``id`` (the file's sha256) names the model in
+    every row it featurizes."""
 
     weights: WeightsFile
     litert: bytes = field(repr=False)
@@ -328,53 +376,33 @@ class FeatureModel:
 
 
 def load_feature_model(weights_source: str) -> FeatureModel:
-    """Resolves ``featurization.weights`` and exports (or reads back) its LiteRT model.
+    """Resolves ``featurization.weights``: an exported LiteRT model (``.tflite``) is used as it
+    is; Keras weights are exported (or read back from the cache).
 
     Raises:
         WeightsUnavailableError: the weights cannot be had, or are not MobileNetV2's.
     """
     weights = resolve_weights(weights_source)
+    if weights.local_path.endswith(LITERT_SUFFIX):
+        return FeatureModel(weights=weights, litert=_checked_litert(weights))
     return FeatureModel(weights=weights, litert=export_litert(weights))
 
 
-_EMBEDDER_PREFIX = "embedder_"
-
-
-def exported_embedders() -> list[Path]:
-    """The app's embedders in the cache (``export_embedder``), one per set of axes exported."""
-    return sorted(_project_cache_dir().glob(f"{_EMBEDDER_PREFIX}*.tflite"))
-
-
 def export_embedder(
-    weights: WeightsFile, mean: np.ndarray, scale: np.ndarray, components: np.ndarray
+    feature_extractor: bytes, mean: np.ndarray, scale: np.ndarray, components: np.ndarray
 ) -> bytes:
     """One LiteRT model from a decoded image to its principal components: uint8 (N, 224, 224,
     3), as ``decode_image`` makes it, -> float32 (N, k).
 
-    MobileNetV2 (preprocessing included), then ``(features - mean) @ (scale[:, None] *
-    components)``: the standardization folded into the projection. The mean is subtracted
-    before projecting, not folded into a bias, so that float32 keeps the pipeline's precision;
-    ``scale`` is 1/std, 0 for a constant feature, as Spark's StandardScaler does. Cached like
-    ``export_litert``, by the weights and the arrays, so a run that keeps its PCA axes reads
-    the embedder back.
+    The feature extractor, then ``(features - mean) @ (scale[:, None] * components)``: the
+    standardization folded into the projection, appended to the extractor's own graph
+    (``litert_graph``), so that neither TensorFlow nor a new export is needed. The mean is
+    subtracted before projecting, not folded into a bias, so that float32 keeps the pipeline's
+    precision; ``scale`` is 1/std, 0 for a constant feature, as Spark's StandardScaler does.
     """
-    digest = hashlib.sha256(weights.sha256.encode())
-    for array in (mean, scale, components):
-        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-    cached = _project_cache_dir() / (
-        f"{_EMBEDDER_PREFIX}{EXPORT_LAYOUT}_{digest.hexdigest()[:16]}_{_exporter_versions()}.tflite"
-    )
+    from fruits_pipeline.litert_graph import append_projection
 
-    def projection(features):
-        import keras
-
-        centered = features - keras.ops.convert_to_tensor(mean.astype(np.float32))
-        dense = keras.layers.Dense(components.shape[1], use_bias=False, name="pca")
-        outputs = dense(centered)
-        dense.set_weights([(scale[:, None] * components).astype(np.float32)])
-        return outputs
-
-    return _cached_litert(cached, lambda: _from_decoded_images(weights, projection))
+    return append_projection(feature_extractor, mean, scale[:, None] * components)
 
 
 class FeatureExtractor:

@@ -210,7 +210,7 @@ def export_embedding(
     one LiteRT file with the projection folded in (``mobilenet_v2.export_embedder``)."""
     arrays = embedding_arrays(pca_model)
     embedder = mobilenet_v2.export_embedder(
-        feature_model.weights, arrays["mean"], arrays["scale"], arrays["components"]
+        feature_model.litert, arrays["mean"], arrays["scale"], arrays["components"]
     )
     return arrays, feature_model.litert, embedder
 
