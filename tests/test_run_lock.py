@@ -6,10 +6,13 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import boto3
 import pytest
 import s3fs
 
 from fruits_pipeline.run_lock import ConcurrentRunError, RunLock
+from fruits_pipeline.s3_encryption import s3fs_kwargs
+from tests.conftest import BUCKET_DEFAULT_KMS_KEY, create_bucket
 
 pytestmark = pytest.mark.faults
 
@@ -33,14 +36,35 @@ def _write_holder(uri: str, host: str, lease_until: float, run_id: str = "old-ru
 
 def test_second_run_is_refused_with_the_holders_name_until_released(s3_bucket):
     uri = _lock_uri(s3_bucket)
-    first = RunLock(uri, "run-a", lease_seconds=60)
+    kms_key = "arn:aws:kms:eu-west-1:123456789012:key/run-lock"
+    encryption = {"s3_additional_kwargs": s3fs_kwargs("aws:kms", kms_key)}
+    first = RunLock(uri, "run-a", lease_seconds=60, fs_args=encryption)
     first.acquire()
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", kms_key)
     with pytest.raises(ConcurrentRunError, match="writing these outputs: run run-a "):
         RunLock(uri, "run-b", lease_seconds=60).acquire()
     first.release()
     second = RunLock(uri, "run-b", lease_seconds=60)
     second.acquire()
     second.release()
+
+
+def test_without_a_setting_the_lock_keeps_the_buckets_default_encryption(moto_server):
+    """s3_encryption unset: no header, so a bucket's default SSE-KMS key stays in force (where
+    forcing SSE-S3 would override it, or be refused by a bucket policy requiring aws:kms)."""
+    bucket = create_bucket(default_kms_key=BUCKET_DEFAULT_KMS_KEY)
+    uri = _lock_uri(bucket)
+    lock = RunLock(uri, "run-a", lease_seconds=60, fs_args={"s3_additional_kwargs": {}})
+    lock.acquire()
+    key = uri.split("://", 1)[1].partition("/")[2]
+    head = boto3.client("s3").head_object(Bucket=bucket, Key=key)
+    lock.release()
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == (
+        "aws:kms",
+        BUCKET_DEFAULT_KMS_KEY,
+    )
 
 
 def test_lease_is_renewed_while_the_run_holds_the_lock(s3_bucket):

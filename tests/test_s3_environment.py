@@ -4,10 +4,10 @@ connector at pyspark's Hadoop version, and clear errors for a missing or unknown
 from __future__ import annotations
 
 import re
-from importlib import metadata
 from pathlib import Path
 
 import pyspark
+import pytest
 import yaml
 
 from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy, project_config
@@ -19,7 +19,8 @@ SPARK_DATASETS = {
     "fruits_pipeline.datasets.CommittedSparkDataset",
     "fruits_pipeline.datasets.SparkMLModelDataset",
 }
-SSE_S3 = {"s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}
+# s3_encryption unset: no header, the bucket's default encryption applies.
+BUCKET_DEFAULT = {"s3_additional_kwargs": {}}
 
 
 def _catalog(env: str) -> dict:
@@ -52,16 +53,57 @@ def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
         if entry["type"] == DELTA_DATASET:  # written by S3A, encrypted by its settings
             assert "fs_args" not in entry, name
         else:
-            assert entry["fs_args"] == SSE_S3, name
+            assert entry["fs_args"] == BUCKET_DEFAULT, name
         rest = {key: value for key, value in entry.items() if key not in own}
         assert rest == {key: value for key, value in local.items() if key not in own}
 
 
-def test_emr_spark_settings_encrypt_s3a_writes_and_use_yarn(monkeypatch):
+@pytest.mark.parametrize(
+    ("setting", "s3a", "s3fs"),
+    [
+        ({}, (None, None), {}),
+        ({"FRUITS_S3_SSE": "AES256"}, ("AES256", None), {"ServerSideEncryption": "AES256"}),
+        (
+            {"FRUITS_S3_SSE": "aws:kms", "FRUITS_S3_SSE_KMS_KEY_ID": "alias/fruits"},
+            ("SSE-KMS", "alias/fruits"),
+            {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/fruits"},
+        ),
+    ],
+)
+def test_one_encryption_setting_reaches_s3a_s3fs_and_the_run_lock(monkeypatch, setting, s3a, s3fs):
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    config = project_config("emr")
+    spark = config["spark"]
+    assert (
+        spark["spark.hadoop.fs.s3a.encryption.algorithm"],
+        spark["spark.hadoop.fs.s3a.encryption.key"],
+    ) == s3a
+    assert config["catalog"]["pipeline_metrics"]["fs_args"] == {"s3_additional_kwargs": s3fs}
+    assert config["parameters"]["run_lock"]["fs_args"] == {"s3_additional_kwargs": s3fs}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"FRUITS_S3_SSE": "SSE-S3"}, "is not one of null"),
+        ({"FRUITS_S3_SSE": "aws:kms"}, "needs s3_encryption.kms_key_id"),
+        ({"FRUITS_S3_SSE_KMS_KEY_ID": "alias/fruits"}, "goes with aws:kms only"),
+    ],
+)
+def test_a_wrong_encryption_setting_is_a_clear_error(monkeypatch, setting, message):
+    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(Exception, match=message):
+        project_config("emr")["spark"]
+
+
+def test_emr_spark_settings_use_yarn(monkeypatch):
     monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
     spark = project_config("emr")["spark"]
     assert spark["spark.master"] == "yarn"
-    assert spark["spark.hadoop.fs.s3a.encryption.algorithm"] == "AES256"
     # Base settings the environment does not replace still apply.
     assert spark["spark.python.worker.reuse"] is True
     # ...but not the local fixed heap: EMR's spark-defaults.conf keeps its driver JVM options.

@@ -66,7 +66,10 @@ class RunLockHooks:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         lock = RunLock(
-            self._settings["path"], run_params["run_id"], self._settings["lease_seconds"]
+            self._settings["path"],
+            run_params["run_id"],
+            self._settings["lease_seconds"],
+            self._settings.get("fs_args"),
         )
         lock.acquire()
         self._lock = lock

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import fsspec
 
@@ -75,17 +76,25 @@ class Holder:
         )
 
 
-def _filesystem_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def _filesystem_path(
+    uri: str, fs_args: dict[str, Any] | None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     # The lock sits beside outputs Spark writes through s3a://: s3fs takes the same objects.
-    return fsspec.core.url_to_fs(uri.replace("s3a://", "s3://", 1))
+    return fsspec.core.url_to_fs(uri.replace("s3a://", "s3://", 1), **(fs_args or {}))
 
 
 class RunLock:
     """The lock of the outputs at ``uri``, for the run ``run_id``."""
 
-    def __init__(self, uri: str, run_id: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        uri: str,
+        run_id: str,
+        lease_seconds: float,
+        fs_args: dict[str, Any] | None = None,
+    ) -> None:
         self.uri = uri
-        self._filesystem, self._path = _filesystem_path(uri)
+        self._filesystem, self._path = _filesystem_path(uri, fs_args)
         self._lease = float(lease_seconds)
         self._holder = Holder(
             run_id=run_id,

@@ -8,6 +8,7 @@ import warnings
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from fruits_pipeline import s3_encryption
 from fruits_pipeline.hooks import PreflightHooks, RedactionHooks, RunLockHooks, SparkHooks
 
 # RedactionHooks redacts URIs (a presigned URL's signature) from the console and the log file.
@@ -31,5 +32,10 @@ CONFIG_LOADER_ARGS = {
     },
     # conf/emr/globals.yml takes the bucket and prefix from FRUITS_S3_BUCKET/FRUITS_S3_PREFIX:
     # one setting for every S3 path, and none of them hard-coded in the repository.
-    "custom_resolvers": {"oc.env": oc.env},
+    # s3_encryption (conf/emr/globals.yml) as S3A and s3fs spell it.
+    "custom_resolvers": {
+        "oc.env": oc.env,
+        "s3a_encryption": s3_encryption.s3a_algorithm,
+        "s3fs_encryption": s3_encryption.s3fs_kwargs,
+    },
 }
