@@ -66,7 +66,11 @@ def assert_complete_run(bucket: str, images: Path, prefix: str = "fruits-pipelin
     assert metrics["images_quarantined"] == 0
     assert sorted(metrics["images_per_class"]) == classes
 
-    pca_features = pd.read_parquet(committed("07_model_output/pca_features.parquet"))
+    # Through s3fs, as everything here: it trusts AWS_CA_BUNDLE (tests/moto_tls.py).
+    pca_features = pd.read_parquet(
+        committed("07_model_output/pca_features.parquet").removeprefix("s3://"),
+        filesystem=filesystem,
+    )
     assert len(pca_features) == image_count
     assert sorted(pca_features["label"].unique()) == classes
     assert pca_features["path"].str.startswith(f"s3a://{root}/01_raw/fruits-360/").all()

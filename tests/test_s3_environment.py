@@ -118,18 +118,8 @@ def test_hadoop_aws_is_at_pyspark_hadoop_version():
     local_s3 = yaml.safe_load((PROJECT_ROOT / "tests" / "s3_local" / "spark.yml").read_text())
     packages = local_s3["spark.jars.packages"].split(",")
     assert f"org.apache.hadoop:hadoop-aws:{hadoop_version}" in packages
-    assert _delta_jars() in packages
-
-
-def _delta_jars() -> str:
-    """Delta Lake's jars at the version of the installed delta-spark Python package."""
-    return f"io.delta:delta-spark_2.12:{metadata.version('delta-spark')}"
-
-
-def test_delta_jars_are_those_of_the_delta_python_package_and_emr_brings_its_own(monkeypatch):
-    assert project_config("local")["spark"]["spark.jars.packages"] == _delta_jars()
-    monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
-    assert project_config("emr")["spark"]["spark.jars.packages"] is None
+    # Delta at the EMR release's version, read from the one place it is set.
+    assert "io.delta:delta-spark_2.12:${globals:emr_release.delta}" in packages
 
 
 def _run_error(result, project: Path) -> str:

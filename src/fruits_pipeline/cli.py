@@ -4,8 +4,10 @@ prefix of conf/emr/globals.yml and the cluster definition of conf/emr/cluster.ym
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import boto3
@@ -16,19 +18,20 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import ProjectMetadata, bootstrap_project
 from omegaconf import OmegaConf
 
-from fruits_pipeline import __version__
+from fruits_pipeline import __version__, mobilenet_v2, s3_encryption
 from fruits_pipeline.emr.cluster import (
     TERMINAL_STEP_STATES,
     Release,
     cluster_request,
     pipeline_step,
-    security_configuration,
     step_log_uri,
     task_slots,
 )
 from fruits_pipeline.emr.release import (
     ReleaseNotFoundError,
+    build_wheelhouse,
     check_release,
+    release_files,
     upload_images,
     upload_release,
 )
@@ -66,11 +69,17 @@ def _settings(metadata: ProjectMetadata, env: str, overrides: tuple[str, ...] = 
         }
 
 
+def _encryption(settings: dict[str, Any]) -> dict[str, str]:
+    """The s3fs/boto3 arguments of the environment's s3_encryption (none without one)."""
+    setting = settings["globals"].get("s3_encryption") or {}
+    return s3_encryption.s3fs_kwargs(setting.get("algorithm"), setting.get("kms_key_id"))
+
+
 def _uploaded_release(cluster: dict[str, Any]) -> Release:
     """This version's release on S3; a clear error before any EMR request when it is missing."""
     release = Release.at(cluster["release_uri"], __version__)
     try:
-        check_release(release)
+        check_release(release, cluster["architectures"])
     except ReleaseNotFoundError as error:
         raise click.ClickException(str(error)) from error
     return release
@@ -102,8 +111,9 @@ def emr() -> None:
 def upload_images_command(metadata: ProjectMetadata, source: Path, env: str) -> None:
     """Copy a local image folder (one sub-folder per class) to the environment's
     raw_images_path, skipping the files already there."""
-    target = _settings(metadata, env)["globals"]["raw_images_path"]
-    uploaded, skipped = upload_images(source, target)
+    settings = _settings(metadata, env)
+    target = settings["globals"]["raw_images_path"]
+    uploaded, skipped = upload_images(source, target, _encryption(settings))
     click.echo(f"{uploaded} files uploaded to {target}, {skipped} already there.")
 
 
@@ -115,18 +125,55 @@ def upload_images_command(metadata: ProjectMetadata, source: Path, env: str) -> 
     show_default=True,
     help="Where `kedro package` wrote the wheel and conf archive.",
 )
+@click.option(
+    "--weights",
+    help="Keras weights (or an exported .tflite) the cluster's LiteRT model comes from; "
+    "default: featurization_weights of the local environment.",
+)
 @ENV_OPTION
+@SET_OPTION
 @click.pass_obj
-def upload_release_command(metadata: ProjectMetadata, dist: Path, env: str) -> None:
-    """Upload the wheel and conf archive of `kedro package`, and the bootstrap script."""
-    cluster = _settings(metadata, env)["cluster"]
+def upload_release_command(
+    metadata: ProjectMetadata,
+    dist: Path,
+    weights: str | None,
+    env: str,
+    overrides: tuple[str, ...],
+) -> None:
+    """Upload the wheel and conf archive of `kedro package`, a wheelhouse of everything the
+    nodes install (downloaded from the package index now, for the cluster's Python and
+    architectures), the bootstrap script, and the feature extractor exported to LiteRT."""
+    settings = _settings(metadata, env, overrides)
+    cluster = settings["cluster"]
+    python = settings["globals"]["emr_release"]["python"]
+    weights = weights or _settings(metadata, "local")["globals"]["featurization_weights"]
     try:
-        release = upload_release(
-            metadata.project_path, metadata.project_path / dist, cluster["release_uri"], __version__
-        )
-    except ReleaseNotFoundError as error:
+        wheel, _ = release_files(metadata.project_path / dist, __version__)
+        model = mobilenet_v2.load_feature_model(weights).litert
+        with TemporaryDirectory() as scratch:
+            wheelhouses = {}
+            for architecture in cluster["architectures"]:
+                wheelhouses[architecture] = Path(scratch) / architecture
+                wheels = build_wheelhouse(
+                    wheel, cluster["extras"], python, architecture, wheelhouses[architecture]
+                )
+                size = sum(path.stat().st_size for path in wheels) / 2**20
+                click.echo(f"Wheelhouse {architecture}: {len(wheels)} wheels, {size:.0f} MiB")
+            release = upload_release(
+                metadata.project_path,
+                metadata.project_path / dist,
+                cluster["release_uri"],
+                __version__,
+                wheelhouses=wheelhouses,
+                feature_extractor=model,
+                encryption=_encryption(settings),
+            )
+    except (ReleaseNotFoundError, mobilenet_v2.WeightsUnavailableError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"Release {__version__} uploaded:\n  {release.wheel_uri}\n  {release.conf_uri}")
+    click.echo(
+        f"Release {__version__} uploaded:\n  {release.wheel_uri}\n  {release.conf_uri}\n"
+        f"  {release.wheelhouse_uri}/\n  {release.feature_extractor_uri}"
+    )
 
 
 @emr.command("create-cluster")
@@ -135,20 +182,31 @@ def upload_release_command(metadata: ProjectMetadata, dist: Path, env: str) -> N
 @click.pass_obj
 def create_cluster_command(metadata: ProjectMetadata, env: str, overrides: tuple[str, ...]) -> None:
     """Start the cluster of conf/<env>/cluster.yml with the uploaded release installed."""
-    cluster = _settings(metadata, env, overrides)["cluster"]
+    settings = _settings(metadata, env, overrides)
+    cluster = settings["cluster"]
     release = _uploaded_release(cluster)
     client = _emr(cluster)
+    encryption = settings["globals"].get("s3_encryption") or {}
+    security = s3_encryption.emr_security_configuration(
+        cluster["security_configuration"],
+        encryption.get("algorithm"),
+        encryption.get("kms_key_id"),
+    )
+    if security:
+        _ensure_security_configuration(client, *security)
+    request = cluster_request(cluster, release, security[0] if security else None)
+    cluster_id = client.run_job_flow(**request)["JobFlowId"]
+    click.echo(f"Cluster {cluster_id} requested. Next: export FRUITS_EMR_CLUSTER_ID={cluster_id}")
+
+
+def _ensure_security_configuration(client, name: str, body: dict[str, Any]) -> None:
     try:
-        client.describe_security_configuration(Name=cluster["security_configuration"])
+        client.describe_security_configuration(Name=name)
     except ClientError as error:
         # Not there yet (EMR answers InvalidRequest, some versions ResourceNotFound): create it.
         if error.response["Error"]["Code"] not in MISSING_SECURITY_CONFIGURATION:
             raise
-        client.create_security_configuration(
-            Name=cluster["security_configuration"], SecurityConfiguration=security_configuration()
-        )
-    cluster_id = client.run_job_flow(**cluster_request(cluster, release))["JobFlowId"]
-    click.echo(f"Cluster {cluster_id} requested. Next: export FRUITS_EMR_CLUSTER_ID={cluster_id}")
+        client.create_security_configuration(Name=name, SecurityConfiguration=json.dumps(body))
 
 
 def _cluster_task_slots(client, cluster: dict[str, Any], cluster_id: str) -> int:
@@ -188,6 +246,7 @@ def submit_command(
         settings["globals"]["s3_root"],
         kedro_args,
         slots=_cluster_task_slots(client, cluster, cluster_id),
+        encryption=settings["globals"].get("s3_encryption"),
     )
     step_id = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
     command = " ".join(step["HadoopJarStep"]["Args"])

@@ -1,3 +1,4 @@
-"""Deployment to AWS EMR: the cluster request built from conf/emr/cluster.yml, the release
-(wheel, conf archive, bootstrap script) on S3, and the pipeline step. The commands are in
+"""Deployment to AWS EMR: the cluster request built from conf/emr/cluster.yml (``cluster``), the
+release on S3: wheel, wheelhouse, conf archive, bootstrap script, exported model (``release``),
+and the cluster's own PySpark for the nodes' virtualenv (``cluster_spark``). The commands are in
 ``fruits_pipeline.cli`` (``kedro emr ...``)."""

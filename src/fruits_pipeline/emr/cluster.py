@@ -4,25 +4,20 @@ tested against moto's EMR API is exactly what is sent to AWS."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from fruits_pipeline.redaction import redact
 
-# EMR's view of SSE-S3 for EMRFS (s3://) writes: the cluster's logs and notebooks.
-SSE_S3_SECURITY_CONFIGURATION = {
-    "EncryptionConfiguration": {
-        "EnableInTransitEncryption": False,
-        "EnableAtRestEncryption": True,
-        "AtRestEncryptionConfiguration": {
-            "S3EncryptionConfiguration": {"EncryptionMode": "SSE-S3"}
-        },
-    }
-}
 TERMINAL_STEP_STATES = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
 # The names `kedro package` writes to dist/.
 CONF_ARCHIVE = "conf-fruits_pipeline.tar.gz"
+
+
+# In the release folder: the exported model, and the list of a wheelhouse's wheels.
+FEATURE_EXTRACTOR = "feature_extractor.tflite"
+WHEELHOUSE_REQUIREMENTS = "requirements.txt"
 
 
 def wheel_name(version: str) -> str:
@@ -38,6 +33,10 @@ class Release:
     # With the conf archive, the project folder notebooks open on the cluster (%reload_kedro).
     pyproject_uri: str
     bootstrap_uri: str
+    # One folder of wheels per CPU architecture (`uname -m`), pip's own included.
+    wheelhouse_uri: str
+    # The feature extractor exported to LiteRT: the emr environment's featurization.weights.
+    feature_extractor_uri: str
 
     @classmethod
     def at(cls, release_uri: str, version: str) -> Release:
@@ -49,10 +48,23 @@ class Release:
             f"{root}/{CONF_ARCHIVE}",
             f"{root}/pyproject.toml",
             f"{root}/bootstrap.sh",
+            f"{root}/wheelhouse",
+            f"{root}/{FEATURE_EXTRACTOR}",
         )
 
-    def uris(self) -> tuple[str, ...]:
-        return (self.wheel_uri, self.conf_uri, self.pyproject_uri, self.bootstrap_uri)
+    def wheelhouse(self, architecture: str) -> str:
+        return f"{self.wheelhouse_uri}/{architecture}"
+
+    def uris(self, architectures: Iterable[str] = ()) -> tuple[str, ...]:
+        """The release's files; with ``architectures``, their wheelhouses' requirement lists."""
+        return (
+            self.wheel_uri,
+            self.conf_uri,
+            self.pyproject_uri,
+            self.bootstrap_uri,
+            self.feature_extractor_uri,
+            *(f"{self.wheelhouse(arch)}/{WHEELHOUSE_REQUIREMENTS}" for arch in architectures),
+        )
 
 
 def _instance_group(name: str, role: str, group: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +77,24 @@ def _instance_group(name: str, role: str, group: dict[str, Any]) -> dict[str, An
     }
 
 
-def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]:
-    """The ``run_job_flow`` arguments for the cluster definition and a release."""
+def bootstrap_arguments(cluster: dict[str, Any], release: Release) -> list[str]:
+    """The bootstrap action's arguments (emr/bootstrap.sh): what to install, and where."""
+    return [
+        release.wheelhouse_uri,
+        release.wheel_uri,
+        cluster["install_dir"],
+        cluster["python"],
+        release.conf_uri,
+        release.pyproject_uri,
+        ",".join(cluster["extras"]),
+    ]
+
+
+def cluster_request(
+    cluster: dict[str, Any], release: Release, security_configuration: str | None
+) -> dict[str, Any]:
+    """The ``run_job_flow`` arguments for the cluster definition and a release; the security
+    configuration by name, if any (``s3_encryption.emr_security_configuration``)."""
     instances: dict[str, Any] = {
         "InstanceGroups": [
             _instance_group("Primary", "MASTER", cluster["instance_groups"]["primary"]),
@@ -81,7 +109,7 @@ def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]
     if cluster.get("ec2_subnet_id"):
         instances["Ec2SubnetId"] = cluster["ec2_subnet_id"]
     python = f"{cluster['install_dir']}/bin/python"
-    return {
+    request = {
         "Name": cluster["name"],
         "ReleaseLabel": cluster["release_label"],
         "LogUri": cluster["log_uri"],
@@ -92,14 +120,7 @@ def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]
                 "Name": "Install fruits-pipeline",
                 "ScriptBootstrapAction": {
                     "Path": release.bootstrap_uri,
-                    "Args": [
-                        release.wheel_uri,
-                        str(cluster["spark_version"]),
-                        cluster["install_dir"],
-                        cluster["python"],
-                        release.conf_uri,
-                        release.pyproject_uri,
-                    ],
+                    "Args": bootstrap_arguments(cluster, release),
                 },
             }
         ],
@@ -121,14 +142,12 @@ def cluster_request(cluster: dict[str, Any], release: Release) -> dict[str, Any]
         "AutoTerminationPolicy": {"IdleTimeout": int(cluster["idle_timeout_seconds"])},
         "ServiceRole": cluster["service_role"],
         "JobFlowRole": cluster["instance_profile"],
-        "SecurityConfiguration": cluster["security_configuration"],
         "VisibleToAllUsers": True,
         "Tags": [{"Key": key, "Value": str(value)} for key, value in cluster["tags"].items()],
     }
-
-
-def security_configuration() -> str:
-    return json.dumps(SSE_S3_SECURITY_CONFIGURATION)
+    if security_configuration:
+        request["SecurityConfiguration"] = security_configuration
+    return request
 
 
 def task_slots(instance_groups: list[dict[str, Any]], vcpus: dict[str, int]) -> int:
@@ -148,12 +167,15 @@ def pipeline_step(
     release: Release,
     s3_root: str,
     kedro_args: tuple[str, ...] = (),
+    *,
     slots: int | None = None,
+    encryption: dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The ``add_job_flow_steps`` step that runs the packaged project on the primary node:
     ``python -m fruits_pipeline --env emr --conf-source <conf archive>``, the same entry point
     as a local run, with the cluster's own Spark (SPARK_HOME) on YARN. ``slots``: the cluster's
-    task slots (``task_slots``), for the featurization's partitions (FRUITS_TASK_SLOTS)."""
+    task slots (``task_slots``), for the featurization's partitions (FRUITS_TASK_SLOTS).
+    ``encryption``: the environment's s3_encryption, passed on as the variables it reads."""
     bucket, _, prefix = s3_root.partition("/")
     return {
         # The name shows in the EMR console and its API: no credential or presigned query.
@@ -168,6 +190,14 @@ def pipeline_step(
                 f"FRUITS_S3_BUCKET={bucket}",
                 f"FRUITS_S3_PREFIX={prefix}",
                 *([f"FRUITS_TASK_SLOTS={slots}"] if slots else []),
+                *(
+                    f"{variable}={value}"
+                    for variable, value in (
+                        ("FRUITS_S3_SSE", (encryption or {}).get("algorithm")),
+                        ("FRUITS_S3_SSE_KMS_KEY_ID", (encryption or {}).get("kms_key_id")),
+                    )
+                    if value
+                ),
                 f"{cluster['install_dir']}/bin/python",
                 "-m",
                 "fruits_pipeline",
