@@ -69,12 +69,6 @@ def _settings(metadata: ProjectMetadata, env: str, overrides: tuple[str, ...] = 
         }
 
 
-def _encryption(settings: dict[str, Any]) -> dict[str, str]:
-    """The s3fs/boto3 arguments of the environment's s3_encryption (none without one)."""
-    setting = settings["globals"].get("s3_encryption") or {}
-    return s3_encryption.s3fs_kwargs(setting.get("algorithm"), setting.get("kms_key_id"))
-
-
 def _uploaded_release(cluster: dict[str, Any]) -> Release:
     """This version's release on S3; a clear error before any EMR request when it is missing."""
     release = Release.at(cluster["release_uri"], __version__)
@@ -113,7 +107,7 @@ def upload_images_command(metadata: ProjectMetadata, source: Path, env: str) -> 
     raw_images_path, skipping the files already there."""
     settings = _settings(metadata, env)
     target = settings["globals"]["raw_images_path"]
-    uploaded, skipped = upload_images(source, target, _encryption(settings))
+    uploaded, skipped = upload_images(source, target, settings["globals"]["s3fs_args"])
     click.echo(f"{uploaded} files uploaded to {target}, {skipped} already there.")
 
 
@@ -166,7 +160,7 @@ def upload_release_command(
                 __version__,
                 wheelhouses=wheelhouses,
                 feature_extractor=model,
-                encryption=_encryption(settings),
+                fs_args=settings["globals"]["s3fs_args"],
             )
     except (ReleaseNotFoundError, mobilenet_v2.WeightsUnavailableError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error

@@ -32,17 +32,18 @@ class ReleaseNotFoundError(FileNotFoundError):
     """A release file is missing locally (not packaged) or on S3 (not uploaded)."""
 
 
-def _s3(uri: str, encryption: dict[str, str]) -> tuple[Any, str]:
-    # s3a:// (Spark's scheme) and s3:// both map to s3fs; ``encryption``: s3fs_kwargs's.
-    return fsspec.core.url_to_fs(uri, s3_additional_kwargs=encryption)
+def _s3(uri: str, fs_args: dict[str, Any]) -> tuple[Any, str]:
+    # s3a:// (Spark's scheme) and s3:// both map to s3fs; ``fs_args``: the environment's
+    # s3fs_args (globals.yml), its encryption included, as the catalog's small files have.
+    return fsspec.core.url_to_fs(uri, **fs_args)
 
 
-def upload_images(source: Path, target_uri: str, encryption: dict[str, str]) -> tuple[int, int]:
+def upload_images(source: Path, target_uri: str, fs_args: dict[str, Any]) -> tuple[int, int]:
     """Copies every file under ``source`` to ``target_uri``, keeping the class folders; a file
     already there with the same size is skipped. Returns (uploaded, skipped)."""
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is not a folder of images (one sub-folder per class).")
-    filesystem, root = _s3(target_uri, encryption)
+    filesystem, root = _s3(target_uri, fs_args)
     root = root.rstrip("/")
     existing = {
         path: info["size"]
@@ -157,13 +158,13 @@ def upload_release(
     *,
     wheelhouses: dict[str, Path],
     feature_extractor: bytes,
-    encryption: dict[str, str],
+    fs_args: dict[str, Any],
 ) -> Release:
     """Uploads the wheel, the conf archive, pyproject.toml, the bootstrap script, the exported
     feature extractor and the wheelhouses (by architecture) under ``release_uri``."""
     wheel, conf = release_files(dist, version)
     release = Release.at(release_uri, version)
-    filesystem, _ = _s3(release_uri, encryption)
+    filesystem, _ = _s3(release_uri, fs_args)
     bootstrap = files("fruits_pipeline.emr").joinpath("bootstrap.sh").read_bytes()
     for architecture, folder in wheelhouses.items():
         target = release.wheelhouse(architecture)
