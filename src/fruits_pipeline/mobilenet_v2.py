@@ -82,7 +82,7 @@ def _how_to_provide(source: str, reason: str) -> str:
     source, reason = redact(source), redact(reason)
     return (
         f"MobileNetV2 weights could not be had from featurization.weights={source!r}: {reason}\n"
-        "Provide them in one of two ways:\n"
+        "Provide them in one of three ways:\n"
         f"  1. keep featurization.weights=imagenet and put Keras' official file "
         f"{IMAGENET_WEIGHTS_FILE} in $KERAS_HOME/models/ (default ~/.keras/models/), "
         f"downloaded once from {IMAGENET_WEIGHTS_URL};\n"
