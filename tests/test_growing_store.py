@@ -39,6 +39,11 @@ class Step:
     pca: dict[str, np.ndarray]
     csv_paths: list[str]
     metrics: dict
+    # The committed version of each PCA output (a new name each time it is written).
+    pca_versions: dict[str, str]
+    selection: dict
+    # The kept axes' share of the table's variance, computed here from the table's rows.
+    share_from_rows: float
 
 
 def _training(sample_images: Path, label: str) -> list[Path]:
@@ -58,6 +63,12 @@ def _record(spark, project: Path) -> Step:
     csv = spark.read.option("header", True).csv(
         str(next((project / "data/07_model_output/pca_features.csv").glob("2*")))
     )
+    models = project / "data" / "06_models"
+    with np.load(models / "pca_projection.npz") as projection:
+        features = np.asarray([row["features"] for row in rows if row["features"] is not None])
+        standardized = (features - projection["mean"]) * projection["scale"]
+        projected = standardized @ projection["components"]
+    outputs = project / "data" / "07_model_output"
     return Step(
         info=featurization_info(project),
         table={row["path"]: row.asDict() for row in rows},
@@ -65,6 +76,12 @@ def _record(spark, project: Path) -> Step:
         pca=pca,
         csv_paths=[row["path"] for row in csv.select("path").collect()],
         metrics=json.loads((project / "data/08_reporting/metrics.json").read_text()),
+        pca_versions={
+            name: (outputs / name / "_COMMITTED").read_text()
+            for name in ("pca_features.parquet", "pca_features.csv")
+        },
+        selection=json.loads((models / "pca_selection.json").read_text()),
+        share_from_rows=projected.var(axis=0).sum() / standardized.var(axis=0).sum(),
     )
 
 
@@ -155,6 +172,11 @@ def test_a_run_with_nothing_new_runs_the_model_on_nothing_and_commits_nothing(hi
     assert again.metrics["pca_refit"] is False
     for path, coordinates in first.pca.items():
         np.testing.assert_array_equal(again.pca[path], coordinates)
+    # Made from the same table version and model: the PCA outputs are kept, not written again.
+    assert again.pca_versions == first.pca_versions
+    # ... and the kept axes' share of the table's variance is not measured again.
+    assert again.selection["made_from"] == first.selection["made_from"]
+    assert again.selection["seconds"] == 0
 
 
 def test_new_photos_alone_reach_the_model_and_keep_the_axes(history):
@@ -173,6 +195,11 @@ def test_new_photos_alone_reach_the_model_and_keep_the_axes(history):
     assert set(added.pca) == set(added.table)
     assert sorted(added.csv_paths) == sorted(added.table), "the CSV holds every image once"
     assert 0 < added.metrics["current_variance_explained"] <= 1
+    assert added.metrics["current_variance_explained"] == pytest.approx(
+        added.share_from_rows, abs=1e-6
+    )
+    for name, version in added.pca_versions.items():
+        assert version != again.pca_versions[name], f"{name}: a new table version, written again"
 
 
 def test_replaced_deleted_and_empty_files_change_only_their_rows(history):
@@ -203,6 +230,10 @@ def test_a_quarantined_file_is_not_retried(history):
     assert unchanged.info["images_quarantined"] == 0
     assert unchanged.table_version == changed.table_version
     assert unchanged.table == changed.table
+    assert unchanged.pca_versions == changed.pca_versions
+    assert changed.metrics["current_variance_explained"] == pytest.approx(
+        changed.share_from_rows, abs=1e-6
+    )
 
 
 def test_other_weights_redo_every_row_and_refit_the_axes(history):

@@ -11,6 +11,7 @@ from fruits_pipeline.datasets.image_folder_dataset import (
     spark_location,
 )
 from fruits_pipeline.datasets.numpy_dataset import NumpyArraysDataset
+from fruits_pipeline.datasets.optional_json_dataset import OptionalJSONDataset
 from fruits_pipeline.datasets.spark_ml_model_dataset import SparkMLModelDataset
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ImageStore",
     "MissingImagesError",
     "NumpyArraysDataset",
+    "OptionalJSONDataset",
     "SparkMLModelDataset",
     "spark_location",
 ]

@@ -62,6 +62,10 @@ class VersionedFolder:
         version = self.committed_location().rsplit("/", 1)[-1]
         return self._fs.cat_file(f"{self._fs_path}/{version}/{relative_path}")
 
+    def write(self, version: str, relative_path: str, content: bytes) -> None:
+        """Adds a file to ``version`` before it is committed."""
+        self._fs.pipe_file(f"{self._fs_path}/{version}/{relative_path}", content)
+
     def commit(self, version: str) -> None:
         """Points loads at ``version``, then removes every other version folder."""
         staged = f"{self._fs_path}/{POINTER}.{uuid.uuid4().hex}"

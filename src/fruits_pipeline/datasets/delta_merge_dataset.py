@@ -9,6 +9,8 @@ from kedro_datasets._utils.spark_utils import get_spark
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits_pipeline.made_from import stamp
+
 
 class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
     """A Delta table keyed by ``key``. ``save(changes)`` applies the rows of ``changes`` in one
@@ -17,6 +19,7 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
     a replayed run leaves the table's version as it was.
 
     ``none_when_missing`` makes ``load`` return None, rather than fail, before the first save.
+    A load reads the table's latest version and records it on the key column (``made_from``).
 
     Only Delta's SQL is used, not its Python package: the SQL needs nothing but Delta's jars,
     which EMR ships with its Spark, while the ``delta-spark`` Python package requires a pip
@@ -52,7 +55,17 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
     def _read(self) -> DataFrame | None:
         if not self._is_table():
             return None
-        return get_spark().read.format("delta").load(self._filepath)
+        spark = get_spark()
+        latest = spark.sql(f"DESCRIBE HISTORY {self._table_name} LIMIT 1").first()
+        table = spark.read.format("delta").option("versionAsOf", latest["version"])
+        # The version read, and its commit time (a table made again restarts at version 0).
+        return stamp(
+            table.load(self._filepath),
+            self._key,
+            table=self._filepath,
+            version=latest["version"],
+            committed=latest["timestamp"].isoformat(),
+        )
 
     def load(self) -> DataFrame | None:
         table = self._read()

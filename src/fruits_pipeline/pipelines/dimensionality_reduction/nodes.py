@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.errors import UserError
 from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold, choose_k
+from fruits_pipeline.made_from import made_from, stamp
 from fruits_pipeline.mobilenet_v2 import FeatureModel
 from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import (
     feature_moments,
@@ -79,8 +80,11 @@ def fit_pca(
         threshold,
         moments.images,
     )
+    uid = f"{PCA_UID_PREFIX}{model_id[:16]}_{uuid.uuid4().hex[:12]}"
     selection = {
         "refit": True,
+        "pca_model": uid,
+        "made_from": made_from(image_features),
         "images": moments.images,
         "feature_dim": dimension,
         "variance_threshold": threshold,
@@ -90,7 +94,6 @@ def fit_pca(
         "explained_variance_ratio": [float(ratio) for ratio in ratios],
         "seconds": round(time.perf_counter() - started, 3),
     }
-    uid = f"{PCA_UID_PREFIX}{model_id[:16]}_{uuid.uuid4().hex[:12]}"
     model = PipelineModel(
         stages=list(
             mllib_models(
@@ -125,6 +128,8 @@ def kept_axes_selection(
     )
     return {
         "refit": False,
+        "pca_model": model.uid,
+        "made_from": made_from(image_features),
         "images": int(summary["scaled"]["count"]),
         "feature_dim": model.stages[1].pc.numRows,
         "variance_threshold": threshold,
@@ -150,23 +155,53 @@ def check_one_feature_model(image_features: DataFrame, model_id: str) -> None:
         )
 
 
+def _still_current(
+    selection: dict[str, Any] | None,
+    model: PipelineModel | None,
+    image_features: DataFrame,
+    model_id: str,
+    threshold: float,
+) -> bool:
+    """Whether the saved ``selection`` describes this very table version, with the saved
+    ``model`` fitted on this feature model's features, and this threshold."""
+    return (
+        selection is not None
+        and model is not None
+        and _fitted_with(model, model_id)
+        and selection.get("made_from") is not None
+        and selection.get("made_from") == made_from(image_features)
+        and selection.get("pca_model") == model.uid
+        and selection.get("variance_threshold") == threshold
+    )
+
+
 def fit_or_keep_pca(
     image_features: DataFrame,
     kept_pca_model: PipelineModel | None,
+    kept_pca_selection: dict[str, Any] | None,
     feature_model: FeatureModel,
     dimensionality_reduction: dict[str, Any],
 ) -> tuple[PipelineModel, dict[str, Any]]:
     """Keeps the saved scaler + PCA(k), so that coordinates stay comparable from run to run,
     or fits them again: on request (``refit``), when none is saved, or when the saved one was
-    fitted on another feature model's features.
+    fitted on another feature model's features. The kept axes' share of the table's variance
+    is measured again only when the table changed since the saved selection.
 
     Returns:
         pca_model (scaler + PCA(k)) and pca_selection: k, the spectrum, the share of the
-        current table's variance the axes explain, and whether they were refitted.
+        current table's variance the axes explain, whether they were refitted, and the
+        table version and model they describe.
     """
     threshold = check_threshold(dimensionality_reduction["variance_threshold"])
+    refit = dimensionality_reduction.get("refit")
+    current = _still_current(
+        kept_pca_selection, kept_pca_model, image_features, feature_model.id, threshold
+    )
+    if current and not refit:
+        logger.info("PCA kept: the image table has not changed since its last check")
+        return kept_pca_model, {**kept_pca_selection, "refit": False, "seconds": 0.0}
     check_one_feature_model(image_features, feature_model.id)
-    if kept_pca_model is None or dimensionality_reduction.get("refit"):
+    if kept_pca_model is None or refit:
         return fit_pca(image_features, threshold, feature_model.id)
     if not _fitted_with(kept_pca_model, feature_model.id):
         logger.info("PCA refitted: the saved axes were fitted on other weights' features")
@@ -175,10 +210,10 @@ def fit_or_keep_pca(
 
 
 def project_features(image_features: DataFrame, pca_model: PipelineModel) -> DataFrame:
-    """path, label and the k principal components of each featurized image (an ML vector)."""
-    return pca_model.transform(_feature_vectors(_featurized(image_features))).select(
-        "path", "label", PCA_FEATURES
-    )
+    """path, label and the k principal components of each featurized image (an ML vector);
+    ``path`` records the table version and the model it was projected from (``made_from``)."""
+    projected = pca_model.transform(_feature_vectors(_featurized(image_features)))
+    return stamp(projected.select("path", "label", PCA_FEATURES), "path", pca_model=pca_model.uid)
 
 
 def pca_columns(pca_features: DataFrame, pca_selection: dict[str, Any]) -> DataFrame:

@@ -20,6 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "image_features",
                     "kept_pca_model",
+                    "kept_pca_selection",
                     "feature_model",
                     "params:dimensionality_reduction",
                 ],
