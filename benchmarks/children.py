@@ -186,8 +186,8 @@ def pipeline_child(
         target[leaf] = yaml.safe_load(value)
     from kedro.framework.project import pipelines
 
-    # The app's embedder is exported apart from the PCA (fit, projection, writes): it is a
-    # TensorFlow conversion of the whole model, whose time does not depend on the images.
+    # The app's embedder is exported apart from the PCA (fit, projection, writes): it rewrites
+    # the whole model's LiteRT graph, whose time does not depend on the images.
     embedder = "export_embedding"
     pca_nodes = [
         node.name for node in pipelines["dimensionality_reduction"].nodes if node.name != embedder

@@ -158,3 +158,28 @@ def test_pca_model_equals_mllib_own_fit(spark):
     assert ours.shape == theirs.shape == (1280, k)
     signs = np.sign(np.sum(ours * theirs, axis=0))
     assert np.abs(ours * signs - theirs).max() <= 1e-6
+
+
+def test_projection_equals_mllib_transform(spark):
+    """project_features computes with numpy what the saved MLlib models' transform gives, a
+    constant feature (scaled to 0 by MLlib) included."""
+    rng = np.random.default_rng(11)
+    features = rng.gamma(0.5, 1.0, size=(600, 1280)).astype(np.float32)
+    features[:, 7] = 0.25
+    image_features = spark.createDataFrame(
+        [(f"file:/x/A/{i}.jpg", "A", row.tolist()) for i, row in enumerate(features)],
+        "path string, label string, features array<float>",
+    ).repartition(3)
+    pca_model, _ = fit_pca(image_features, 0.9, "0" * 64)
+    assert pca_model.stages[0].std.toArray()[7] == 0
+
+    from pyspark.ml.functions import array_to_vector
+
+    projected = project_features(image_features, pca_model).collect()
+    ours = {row["path"]: row["pca_features"] for row in projected}
+    vectors = image_features.withColumn("features_vector", array_to_vector("features"))
+    mllib = pca_model.transform(vectors).select("path", "pca_features")
+    theirs = {row["path"]: row["pca_features"] for row in mllib.collect()}
+    assert ours.keys() == theirs.keys() and len(ours) == 600
+    for path, coordinates in theirs.items():
+        np.testing.assert_allclose(ours[path].toArray(), coordinates.toArray(), rtol=0, atol=1e-9)

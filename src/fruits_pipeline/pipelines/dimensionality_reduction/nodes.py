@@ -23,6 +23,7 @@ from fruits_pipeline.mobilenet_v2 import FeatureModel
 from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import (
     feature_moments,
     mllib_models,
+    project,
     standardized_pca,
 )
 from fruits_pipeline.run_info import library_versions
@@ -210,10 +211,15 @@ def fit_or_keep_pca(
 
 
 def project_features(image_features: DataFrame, pca_model: PipelineModel) -> DataFrame:
-    """path, label and the k principal components of each featurized image (an ML vector);
+    """path, label and the k principal components of each featurized image (an ML vector),
+    computed with numpy (``standardized_pca.project``) rather than MLlib's per-row Java BLAS;
     ``path`` records the table version and the model it was projected from (``made_from``)."""
-    projected = pca_model.transform(_feature_vectors(_featurized(image_features)))
-    return stamp(projected.select("path", "label", PCA_FEATURES), "path", pca_model=pca_model.uid)
+    rows = _featurized(image_features).select("path", "label", "features")
+    projected = project(rows, "features", PCA_FEATURES, **embedding_arrays(pca_model)).withColumn(
+        PCA_FEATURES, array_to_vector(PCA_FEATURES)
+    )
+    sources = made_from(image_features) or {}
+    return stamp(projected, "path", **sources, pca_model=pca_model.uid)
 
 
 def pca_columns(pca_features: DataFrame, pca_selection: dict[str, Any]) -> DataFrame:

@@ -6,7 +6,12 @@ wheels carry their own BLAS and LAPACK, so here each partition reduces its featu
 moments (count, mean, centred cross-products) read through Arrow, Spark combines the partitions'
 moments on the executors, and the driver decomposes the correlation matrix with numpy (~0.2 s).
 The result is the ``StandardScalerModel`` and ``PCAModel`` that ``StandardScaler`` then ``PCA``
-would fit (equal up to each component's sign), so projection and saving stay MLlib's.
+would fit (equal up to each component's sign), so saving and loading stay MLlib's.
+
+Projection has the same trouble: MLlib's ``PCAModel.transform`` multiplies each row by the
+1280 x k axes with netlib's Java BLAS where no system BLAS is installed, the largest part of the
+PCA pipeline at real scale. ``project`` computes the same coordinates with numpy, one Arrow
+batch at a time (tested equal to MLlib's transform).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pyspark import SparkContext
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.wrapper import JavaWrapper
 from pyspark.sql import DataFrame
+from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 # Rows folded into a partition's moments at a time: one float64 block of 2,048 x 1,280 (21 MB).
 _BLOCK_ROWS = 2048
@@ -132,6 +138,37 @@ def standardized_pca(moments: Moments) -> StandardizedPCA:
     total = variances.sum()
     shares = variances / total if total > 0 else variances
     return StandardizedPCA(moments.mean, std, eigenvectors[:, order], shares)
+
+
+def project(
+    rows: DataFrame,
+    column: str,
+    output: str,
+    *,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    components: np.ndarray,
+) -> DataFrame:
+    """``rows`` with the ``array<float>`` column ``column`` (no nulls) replaced by ``output``,
+    ``((x - mean) * scale) @ components`` as ``array<double>``: what a StandardScalerModel
+    (mean, 1/std, 0 for a constant feature) then a PCAModel (``components``, 1280 x k) give."""
+    kept = [field for field in rows.schema.fields if field.name != column]
+    schema = StructType([*kept, StructField(output, ArrayType(DoubleType(), False), False)])
+    k = components.shape[1]
+
+    def project_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            vectors = batch.column(column)
+            features = np.asarray(vectors.flatten()).reshape(len(vectors), -1)
+            coordinates = ((features - mean) * scale) @ components
+            offsets = np.arange(0, (len(vectors) + 1) * k, k, dtype=np.int32)
+            projected = pa.ListArray.from_arrays(pa.array(offsets), pa.array(coordinates.ravel()))
+            yield pa.RecordBatch.from_arrays(
+                [*(batch.column(field.name) for field in kept), projected],
+                names=schema.fieldNames(),
+            )
+
+    return rows.mapInArrow(project_batches, schema)
 
 
 def _java_doubles(values: np.ndarray):
