@@ -218,6 +218,7 @@ def project_features(image_features: DataFrame, pca_model: PipelineModel) -> Dat
     projected = project(rows, "features", PCA_FEATURES, **embedding_arrays(pca_model)).withColumn(
         PCA_FEATURES, array_to_vector(PCA_FEATURES)
     )
+    # mapInArrow declares its output schema, so the table's stamp is carried over by hand.
     sources = made_from(image_features) or {}
     return stamp(projected, "path", **sources, pca_model=pca_model.uid)
 

@@ -8,10 +8,10 @@ moments on the executors, and the driver decomposes the correlation matrix with 
 The result is the ``StandardScalerModel`` and ``PCAModel`` that ``StandardScaler`` then ``PCA``
 would fit (equal up to each component's sign), so saving and loading stay MLlib's.
 
-Projection has the same trouble: MLlib's ``PCAModel.transform`` multiplies each row by the
-1280 x k axes with netlib's Java BLAS where no system BLAS is installed, the largest part of the
-PCA pipeline at real scale. ``project`` computes the same coordinates with numpy, one Arrow
-batch at a time (tested equal to MLlib's transform).
+Projection has the same trouble, in proportion to k: MLlib's ``PCAModel.transform`` multiplies
+each row by the 1280 x k axes with netlib's Java BLAS where no system BLAS is installed.
+``project`` computes the same coordinates with numpy, one Arrow batch at a time (tested equal
+to MLlib's transform; docs/performance.md has what it gains at this data set's k and above).
 """
 
 from __future__ import annotations
