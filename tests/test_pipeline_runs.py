@@ -48,6 +48,15 @@ def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_imag
         assert row["label"] == Path(row["path"]).parent.name
 
 
+def test_image_table_is_written_as_one_file_per_task_slot(spark, finished_run):
+    table = finished_run / "data" / "04_feature" / "image_features"
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{table}`").first()
+    slots = spark.sparkContext.defaultParallelism
+    # The model stage ran in more tasks than that (at least two per slot).
+    assert detail["numFiles"] == slots
+    assert image_table(spark, finished_run).count() == CLASSES * IMAGES_PER_CLASS
+
+
 def test_k_and_variance_equal_an_independent_svd(spark, finished_run):
     features = image_table(spark, finished_run)
     matrix = np.stack([np.asarray(row["features"], dtype=np.float64) for row in features.collect()])

@@ -202,6 +202,11 @@ def make_featurizer(
     return featurize
 
 
+def _task_slots(spark_context: SparkContext, featurization: dict[str, Any]) -> int:
+    """How many tasks run at once: ``task_slots``, or Spark's default parallelism."""
+    return int(featurization.get("task_slots") or spark_context.defaultParallelism)
+
+
 def _partitions(images: int, slots: int, featurization: dict[str, Any]) -> int:
     """Enough partitions to keep every task slot busy to the end of the stage, and small enough
     for progress to be reported as tasks finish."""
@@ -307,8 +312,7 @@ def _run_model(
     featurize = make_featurizer(
         spark.sparkContext.broadcast(feature_model.litert), settings, images_received, schema
     )
-    slots = int(featurization.get("task_slots") or spark.sparkContext.defaultParallelism)
-    partitions = _partitions(images, slots, featurization)
+    partitions = _partitions(images, _task_slots(spark.sparkContext, featurization), featurization)
     results = (
         to_model.repartition(partitions)
         .mapInArrow(featurize, schema)
@@ -393,4 +397,7 @@ def extract_features(
         "task_attempts_failed": attempts_failed,
         "seconds": round(seconds, 3),
     }
-    return changes.withColumn("model_id", F.lit(feature_model.id)), info
+    # One file per task slot, not one per model task: fewer writers write the table faster,
+    # and its readers open fewer files (docs/performance.md).
+    slots = _task_slots(image_changes.sparkSession.sparkContext, featurization)
+    return changes.withColumn("model_id", F.lit(feature_model.id)).coalesce(slots), info
