@@ -57,10 +57,16 @@ class VersionedFolder:
             )
         return self.location(version)
 
-    def read_committed(self, relative_path: str) -> bytes:
-        """The bytes of one file of the committed version."""
-        version = self.committed_location().rsplit("/", 1)[-1]
-        return self._fs.cat_file(f"{self._fs_path}/{version}/{relative_path}")
+    def read_committed(self, relative_path: str) -> bytes | None:
+        """The bytes of one file of the committed version; None when no version is committed
+        or the committed one has no such file."""
+        version = self.committed()
+        if version is None:
+            return None
+        try:
+            return self._fs.cat_file(f"{self._fs_path}/{version}/{relative_path}")
+        except FileNotFoundError:
+            return None
 
     def write(self, version: str, relative_path: str, content: bytes) -> None:
         """Adds a file to ``version`` before it is committed."""

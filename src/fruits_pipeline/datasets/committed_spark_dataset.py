@@ -70,12 +70,8 @@ class CommittedSparkDataset(AbstractDataset[DataFrame, DataFrame]):
         self._folder.commit(version)
 
     def _committed_sources(self) -> dict[str, Any] | None:
-        if self._folder.committed() is None:
-            return None
-        try:
-            return json.loads(self._folder.read_committed(SOURCES_FILE))
-        except FileNotFoundError:
-            return None
+        sources = self._folder.read_committed(SOURCES_FILE)
+        return None if sources is None else json.loads(sources)
 
     def _exists(self) -> bool:
         return self._folder.committed() is not None

@@ -35,15 +35,16 @@ class SparkMLModelDataset(AbstractDataset[PipelineModel, PipelineModel]):
         return PipelineModel.load(self._folder.committed_location())
 
     def save(self, data: PipelineModel) -> None:
-        if self._folder.committed() is not None and self._saved_uid() == data.uid:
+        if self._saved_uid() == data.uid:
             return  # the model kept from an earlier run: already stored
         version = self._folder.new_version()
         data.write().save(self._folder.location(version))
         self._folder.commit(version)
 
-    def _saved_uid(self) -> str:
+    def _saved_uid(self) -> str | None:
         # Spark ML writes a model's uid in its metadata file (one JSON line).
-        return json.loads(self._folder.read_committed("metadata/part-00000"))["uid"]
+        metadata = self._folder.read_committed("metadata/part-00000")
+        return None if metadata is None else json.loads(metadata)["uid"]
 
     def _exists(self) -> bool:
         return self._folder.committed() is not None
