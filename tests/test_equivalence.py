@@ -15,6 +15,10 @@ from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
     fit_pca,
     project_features,
 )
+from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import (
+    block_moments,
+    standardized_pca,
+)
 from fruits_pipeline.pipelines.featurization.nodes import extract_features
 from fruits_pipeline.pipelines.ingestion.nodes import list_changes
 
@@ -183,3 +187,18 @@ def test_projection_equals_mllib_transform(spark):
     assert ours.keys() == theirs.keys() and len(ours) == 600
     for path, coordinates in theirs.items():
         np.testing.assert_allclose(ours[path].toArray(), coordinates.toArray(), rtol=0, atol=1e-9)
+
+
+def test_pca_axes_do_not_depend_on_how_the_moments_were_summed():
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(600, 40)) @ rng.normal(size=(40, 40)) + 3.0
+    whole = standardized_pca(block_moments(features))
+    # The same rows as partitions merged in another order, as another file layout would give.
+    parts = [block_moments(part) for part in np.array_split(features[::-1], 7)]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.merge(part)
+    other = standardized_pca(merged)
+    np.testing.assert_allclose(other.components, whole.components, atol=1e-9)
+    largest = np.abs(whole.components).argmax(axis=0)
+    assert (whole.components[largest, np.arange(40)] > 0).all()

@@ -137,7 +137,18 @@ def standardized_pca(moments: Moments) -> StandardizedPCA:
     variances = np.clip(eigenvalues[order], 0.0, None)
     total = variances.sum()
     shares = variances / total if total > 0 else variances
-    return StandardizedPCA(moments.mean, std, eigenvectors[:, order], shares)
+    return StandardizedPCA(moments.mean, std, _signed(eigenvectors[:, order]), shares)
+
+
+def _signed(axes: np.ndarray) -> np.ndarray:
+    """``axes`` with each column's largest entry (in absolute value) positive, as scikit-learn's
+    ``svd_flip``: an eigenvector's sign is arbitrary, and ``eigh`` flips it with the last bits
+    of the covariance, which depend on how the partitions' moments were summed (locally or on a
+    cluster, in 2 files or 35). So the same table gives the same coordinates wherever it is
+    fitted."""
+    largest = np.abs(axes).argmax(axis=0)
+    signs = np.sign(axes[largest, np.arange(axes.shape[1])])
+    return axes * np.where(signs == 0, 1.0, signs)
 
 
 def project(
