@@ -318,7 +318,9 @@ def plot_explained_variance(pca_selection: dict[str, Any]) -> Figure:
     components = np.arange(1, shown + 1)
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
-    axes.bar(components, ratios[:shown], color="#9ecae1", label="per component")
+    # One filled outline rather than a bar per component: 1,280 bars took 2 s to draw.
+    edges = np.arange(0.5, shown + 1)
+    axes.stairs(ratios[:shown], edges, fill=True, color="#9ecae1", label="per component")
     axes.plot(components, np.cumsum(ratios)[:shown], color="#08519c", label="cumulative")
     axes.axhline(threshold, color="#e6550d", linestyle="--", label=f"threshold {threshold:.2f}")
     axes.axvline(k, color="#31a354", linestyle=":", label=f"k = {k}")
