@@ -293,10 +293,12 @@ def _run_model(
     feature_model: mobilenet_v2.FeatureModel,
     featurization: dict[str, Any],
     images: int,
+    *,
+    partitions: int,
 ) -> tuple[DataFrame, int, int]:
-    """Features (or a quarantine reason) for each row of ``to_featurize``, computed once and
-    persisted, how many images the model's UDF received, and how many task attempts failed
-    (and were retried) while it ran."""
+    """Features (or a quarantine reason) for each of the ``images`` rows of ``to_featurize``,
+    computed once in ``partitions`` and persisted, how many images the model's UDF received,
+    and how many task attempts failed (and were retried) while it ran."""
     spark = to_featurize.sparkSession
     settings = WorkerSettings(
         weights_sha256=feature_model.id,
@@ -312,7 +314,6 @@ def _run_model(
     featurize = make_featurizer(
         spark.sparkContext.broadcast(feature_model.litert), settings, images_received, schema
     )
-    partitions = _partitions(images, _task_slots(spark.sparkContext, featurization), featurization)
     results = (
         to_model.repartition(partitions)
         .mapInArrow(featurize, schema)
@@ -354,6 +355,7 @@ def extract_features(
         run's counts.
     """
     started = time.perf_counter()
+    slots = _task_slots(image_changes.sparkSession.sparkContext, featurization)
     actions = {
         row["action"]: row["count"] for row in image_changes.groupBy("action").count().collect()
     }
@@ -366,6 +368,7 @@ def extract_features(
             feature_model,
             featurization,
             actions[ingestion.FEATURIZE],
+            partitions=_partitions(actions[ingestion.FEATURIZE], slots, featurization),
         )
         featurized = results.where(F.col("features").isNotNull()).count()
         changes = changes.unionByName(results)
@@ -399,5 +402,4 @@ def extract_features(
     }
     # One file per task slot, not one per model task: fewer writers write the table faster,
     # and its readers open fewer files (docs/performance.md).
-    slots = _task_slots(image_changes.sparkSession.sparkContext, featurization)
     return changes.withColumn("model_id", F.lit(feature_model.id)).coalesce(slots), info
