@@ -8,7 +8,9 @@ replicated), then measures, each in a fresh process:
   process with one LiteRT thread per core (decoding in a thread pool, overlapped with inference),
   or one single-threaded process per core. This is the ceiling the pipeline is measured against;
 - pipeline: `ingestion`, `featurization` and `dimensionality_reduction` through Kedro and Spark
-  `local[*]` in one process, cold start (imports, JVM, Python workers, model load) included;
+  `local[*]` in one process, cold start (imports, JVM, Python workers, model load) included,
+  with the whole run broken down into start-up, ingestion, model, PCA, embedder, reports and
+  writes (Kedro hooks time every node, load and save);
 - Spark's floor: what any Spark pipeline pays around its model with this project's Spark
   settings (imports, the SparkSession, a first pandas UDF job; no Kedro, no file, no model), so
   that the targets on the ratio and the rate per core come with the most Spark could reach;

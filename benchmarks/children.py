@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from kedro.framework.hooks import hook_impl
 
 from benchmarks.config import base_config
 
@@ -167,6 +169,52 @@ def floor_child(result_file: str) -> None:
     )
 
 
+class RunTimer:
+    """Kedro hooks timing what one session runs: each node's run and each dataset's loads and
+    saves, in seconds under ``nodes``, ``loads`` and ``saves`` (a lazy Spark node costs nothing
+    itself: its work runs in the save of its output)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._started: dict[tuple[str, str], float] = {}
+
+    def _start(self, kind: str, name: str) -> None:
+        self._started[kind, name] = time.perf_counter()
+
+    def _stop(self, kind: str, name: str) -> None:
+        self.seconds[kind][name] += time.perf_counter() - self._started.pop((kind, name))
+
+    def take(self) -> dict[str, dict[str, float]]:
+        """What was timed since the last call, which starts afresh."""
+        taken = {kind: dict(names) for kind, names in self.seconds.items()}
+        self.seconds.clear()
+        return taken
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        self._start("nodes", node.name)
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self._stop("nodes", node.name)
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str) -> None:
+        self._start("loads", dataset_name)
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str) -> None:
+        self._stop("loads", dataset_name)
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str) -> None:
+        self._start("saves", dataset_name)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        self._stop("saves", dataset_name)
+
+
 def pipeline_child(
     project: str, images_dir: str, weights: str, extra_params: str, result_file: str
 ) -> None:
@@ -176,6 +224,11 @@ def pipeline_child(
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(Path(project))
+    from kedro.framework.project import settings
+
+    # Kedro's settings are Dynaconf's: one more hook object, for the sessions created below.
+    timer = RunTimer()
+    settings.set("HOOKS", (*settings.HOOKS, timer))
     params = {"raw_images_path": images_dir, "featurization": {"weights": weights}}
     for assignment in filter(None, extra_params.split(",")):
         key, value = assignment.split("=", 1)
@@ -207,6 +260,7 @@ def pipeline_child(
             else:
                 session.run(pipeline_names=["dimensionality_reduction"], node_names=nodes)
         stages[name] = time.perf_counter() - stage_started
+        stages.setdefault("timings", {})[name] = timer.take()
         if name == "featurization":
             # From process start: imports, JVM, Python workers and model load all count.
             stages["to_features"] = time.perf_counter() - started
