@@ -59,6 +59,10 @@ class Moments(NamedTuple):
         return Moments(images, mean, cross_products)
 
 
+# The moments of no vector: what merging starts from.
+_NO_MOMENTS = Moments(0, np.zeros(0), np.zeros((0, 0)))
+
+
 def block_moments(block: np.ndarray) -> Moments:
     """The moments of the rows of ``block``, in float64."""
     rows = block.astype(np.float64)
@@ -86,14 +90,13 @@ def _row_moments(row) -> Moments:
 
 
 def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    moments: Moments | None = None
+    moments = _NO_MOMENTS
     pending: list[np.ndarray] = []
     pending_rows = 0
 
     def fold() -> None:
         nonlocal moments, pending, pending_rows
-        block = block_moments(np.concatenate(pending))
-        moments = block if moments is None else moments.merge(block)
+        moments = moments.merge(block_moments(np.concatenate(pending)))
         pending, pending_rows = [], 0
 
     for batch in batches:
@@ -107,11 +110,8 @@ def _partition_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
             fold()
     if pending:
         fold()
-    if moments is not None:
+    if moments.images:
         yield _moments_batch(moments)
-
-
-_NO_MOMENTS = Moments(0, np.zeros(0), np.zeros((0, 0)))
 
 
 def _merged_moments(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
