@@ -170,25 +170,32 @@ def floor_child(result_file: str) -> None:
 
 
 class RunTimer:
-    """Kedro hooks timing what one session runs: each node's run and each dataset's loads and
-    saves, in seconds under ``nodes``, ``loads`` and ``saves`` (a lazy Spark node costs nothing
-    itself: its work runs in the save of its output)."""
+    """Kedro hooks timing what one session runs, node by node: each node's run and each of its
+    loads and saves, in seconds, and when the node's last save ended (``ended``). A lazy Spark
+    node costs nothing itself: its work runs in the save of its output."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        # (node, "nodes" | "loads" | "saves", node or dataset name) -> seconds
+        self.seconds: dict[tuple[str, str, str], float] = defaultdict(float)
+        self.ended: dict[str, float] = {}
         self._started: dict[tuple[str, str], float] = {}
 
     def _start(self, kind: str, name: str) -> None:
         self._started[kind, name] = time.perf_counter()
 
-    def _stop(self, kind: str, name: str) -> None:
-        self.seconds[kind][name] += time.perf_counter() - self._started.pop((kind, name))
+    def _stop(self, node: str, kind: str, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[node, kind, name] += now - self._started.pop((kind, name))
+        self.ended[node] = now
 
-    def take(self) -> dict[str, dict[str, float]]:
-        """What was timed since the last call, which starts afresh."""
-        taken = {kind: dict(names) for kind, names in self.seconds.items()}
-        self.seconds.clear()
-        return taken
+    def by_stage(self, stage_of: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+        """The timings summed per stage (``stage_of``: node name -> stage), as ``nodes``,
+        ``loads`` and ``saves``, each by name."""
+        stages: dict[str, dict[str, dict[str, float]]] = {}
+        for (node, kind, name), seconds in self.seconds.items():
+            names = stages.setdefault(stage_of[node], {}).setdefault(kind, {})
+            names[name] = names.get(name, 0.0) + seconds
+        return stages
 
     @hook_impl
     def before_node_run(self, node) -> None:
@@ -196,37 +203,43 @@ class RunTimer:
 
     @hook_impl
     def after_node_run(self, node) -> None:
-        self._stop("nodes", node.name)
+        self._stop(node.name, "nodes", node.name)
 
     @hook_impl
     def before_dataset_loaded(self, dataset_name: str) -> None:
         self._start("loads", dataset_name)
 
     @hook_impl
-    def after_dataset_loaded(self, dataset_name: str) -> None:
-        self._stop("loads", dataset_name)
+    def after_dataset_loaded(self, dataset_name: str, node) -> None:
+        self._stop(node.name, "loads", dataset_name)
 
     @hook_impl
     def before_dataset_saved(self, dataset_name: str) -> None:
         self._start("saves", dataset_name)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str) -> None:
-        self._stop("saves", dataset_name)
+    def after_dataset_saved(self, dataset_name: str, node) -> None:
+        self._stop(node.name, "saves", dataset_name)
+
+
+# The app's embedder is timed apart from the PCA (fit, projection, writes): it rewrites the whole
+# model's LiteRT graph, whose time does not depend on the images.
+EMBEDDER_NODE = "export_embedding"
 
 
 def pipeline_child(
     project: str, images_dir: str, weights: str, extra_params: str, result_file: str
 ) -> None:
-    """The three pipelines through Kedro and Spark, one session each, in this one process."""
+    """The whole pipeline as ``kedro run`` runs it, one Kedro session in this fresh process; each
+    stage's time is the sum of its nodes' loads, runs and saves."""
     started = time.perf_counter()
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(Path(project))
-    from kedro.framework.project import settings
+    from kedro.framework.project import pipelines, settings
 
-    # Kedro's settings are Dynaconf's: one more hook object, for the sessions created below.
+    # Kedro's settings are Dynaconf's: one more hook object, for the session created below.
     timer = RunTimer()
     settings.set("HOOKS", (*settings.HOOKS, timer))
     params = {"raw_images_path": images_dir, "featurization": {"weights": weights}}
@@ -237,34 +250,21 @@ def pipeline_child(
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = yaml.safe_load(value)
-    from kedro.framework.project import pipelines
-
-    # The app's embedder is exported apart from the PCA (fit, projection, writes): it rewrites
-    # the whole model's LiteRT graph, whose time does not depend on the images.
-    embedder = "export_embedding"
-    pca_nodes = [
-        node.name for node in pipelines["dimensionality_reduction"].nodes if node.name != embedder
-    ]
-    stages: dict = {}
-    for name, nodes in (
-        ("ingestion", None),
-        ("featurization", None),
-        ("dimensionality_reduction", pca_nodes),
-        ("app_embedder", [embedder]),
-        ("reporting", None),
-    ):
-        stage_started = time.perf_counter()
-        with KedroSession.create(project_path=Path(project), runtime_params=params) as session:
-            if nodes is None:
-                session.run(pipeline_names=[name])
-            else:
-                session.run(pipeline_names=["dimensionality_reduction"], node_names=nodes)
-        stages[name] = time.perf_counter() - stage_started
-        stages.setdefault("timings", {})[name] = timer.take()
-        if name == "featurization":
-            # From process start: imports, JVM, Python workers and model load all count.
-            stages["to_features"] = time.perf_counter() - started
-    stages["whole_run"] = time.perf_counter() - started
+    stage_of = {
+        node.name: name
+        for name, pipeline in pipelines.items()
+        if name != "__default__"
+        for node in pipeline.nodes
+    }
+    stage_of[EMBEDDER_NODE] = "app_embedder"
+    with KedroSession.create(project_path=Path(project), runtime_params=params) as session:
+        session.run()
+    stages: dict = {"whole_run": time.perf_counter() - started}
+    # From process start: imports, JVM, Python workers and model load all count.
+    stages["to_features"] = timer.ended["extract_features"] - started
+    stages["timings"] = timer.by_stage(stage_of)
+    for stage, timed in stages["timings"].items():
+        stages[stage] = sum(seconds for names in timed.values() for seconds in names.values())
     # Which BLAS and LAPACK MLlib found in this JVM: native (JNI...) or the Java fallback.
     from pyspark.sql import SparkSession
 

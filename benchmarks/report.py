@@ -11,7 +11,7 @@ import time
 from benchmarks.config import TARGETS, base_config
 
 # The part of the whole run that each stage's node runs and loads count in; every save counts in
-# "writes", and what no hook timed (imports, Kedro sessions, the SparkSession) in "start_up".
+# "writes", and what no hook timed (imports, the Kedro session, the SparkSession) in "start_up".
 STAGE_PARTS = {
     "ingestion": "ingestion",
     "featurization": "model",
