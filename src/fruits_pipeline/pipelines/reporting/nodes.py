@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from pyspark.ml.functions import vector_to_array
@@ -38,19 +37,22 @@ def plot_pca_scatter(pca_features: DataFrame, pca_selection: dict[str, Any]) -> 
         else pca_features.sample(SCATTER_POINTS / total, seed=0)
     )
     components = vector_to_array("pca_features")
-    rows = sample.select("label", components[0].alias("pc1"), components[1].alias("pc2")).collect()
+    # Through Arrow into one frame, grouped by label once, rather than a scan of every Row per
+    # class (docs/performance.md).
+    points = sample.select(
+        "label", components[0].alias("pc1"), components[1].alias("pc2")
+    ).toPandas()
+    classes = points.groupby("label", sort=True)
     ratios = pca_selection["explained_variance_ratio"]
     figure = Figure(figsize=(8, 6))
     axes = figure.subplots()
-    labels = sorted({row["label"] for row in rows})
-    palette = colormaps["tab20"].resampled(max(len(labels), 1))
-    for index, label in enumerate(labels):
-        points = np.array([(row["pc1"], row["pc2"]) for row in rows if row["label"] == label])
-        axes.scatter(points[:, 0], points[:, 1], s=8, alpha=0.7, color=palette(index), label=label)
+    palette = colormaps["tab20"].resampled(max(classes.ngroups, 1))
+    for index, (label, group) in enumerate(classes):
+        axes.scatter(group["pc1"], group["pc2"], s=8, alpha=0.7, color=palette(index), label=label)
     axes.set_xlabel(f"PC 1 ({ratios[0]:.1%} of the variance)")
     axes.set_ylabel(f"PC 2 ({ratios[1]:.1%} of the variance)")
-    axes.set_title(f"{len(rows)} of {total} images on the first two principal components")
-    if len(labels) <= 30:
+    axes.set_title(f"{len(points)} of {total} images on the first two principal components")
+    if classes.ngroups <= 30:
         axes.legend(fontsize="small", markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return figure
 
