@@ -209,11 +209,13 @@ def _task_slots(spark_context: SparkContext, featurization: dict[str, Any]) -> i
 
 def _partitions(images: int, slots: int, featurization: dict[str, Any]) -> int:
     """Enough partitions to keep every task slot busy to the end of the stage, and small enough
-    for progress to be reported as tasks finish."""
+    for progress to be reported as tasks finish: about ``images_per_partition`` images each, in
+    whole waves of ``slots`` tasks, so that no slot sits idle while the last task runs."""
     if featurization.get("partitions"):
         return int(featurization["partitions"])
     per_partition = int(featurization["images_per_partition"])
-    return max(2 * slots, -(-images // per_partition))
+    waves = max(2, -(-images // (per_partition * slots)))
+    return waves * slots
 
 
 @contextmanager
