@@ -260,8 +260,12 @@ def pipeline_child(
     with KedroSession.create(project_path=Path(project), runtime_params=params) as session:
         session.run()
     stages: dict = {"whole_run": time.perf_counter() - started}
-    # From process start: imports, JVM, Python workers and model load all count.
-    stages["to_features"] = timer.ended["extract_features"] - started
+    # From process start to the featurization stage's end: imports, JVM, Python workers and
+    # model load all count.
+    stages["to_features"] = (
+        max(timer.ended[node] for node, stage in stage_of.items() if stage == "featurization")
+        - started
+    )
     stages["timings"] = timer.by_stage(stage_of)
     for stage, timed in stages["timings"].items():
         stages[stage] = sum(seconds for names in timed.values() for seconds in names.values())
