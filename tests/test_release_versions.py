@@ -3,9 +3,9 @@ cluster definition, the bootstrap's Python, Delta's jars and the local pyspark p
 
 from __future__ import annotations
 
+import tomllib
 from importlib import metadata
 
-import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 

@@ -10,7 +10,7 @@ moved into place: a rename on local disks and HDFS, a single atomic PUT-copy on 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -37,7 +37,7 @@ class VersionedFolder:
 
     def new_version(self) -> str:
         """A fresh, sortable version name; nothing is written yet."""
-        return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
     def location(self, version: str) -> str:
         return f"{self.path}/{version}"

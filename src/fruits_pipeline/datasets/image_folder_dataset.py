@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -83,10 +83,10 @@ def _modification_time(info: dict[str, Any]) -> datetime:
     """A listing entry's modification time, in UTC: local files give ``mtime`` in seconds,
     s3fs gives ``LastModified``."""
     if "mtime" in info:
-        return datetime.fromtimestamp(float(info["mtime"]), tz=timezone.utc)
+        return datetime.fromtimestamp(float(info["mtime"]), tz=UTC)
     modified = info.get("LastModified") or info.get("last_modified")
     if isinstance(modified, datetime):
-        return modified.astimezone(timezone.utc)
+        return modified.astimezone(UTC)
     raise DatasetError(f"The listing gives no modification time for {info.get('name')!r}.")
 
 
