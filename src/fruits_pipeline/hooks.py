@@ -1,6 +1,13 @@
 """Project hooks: once Kedro has configured logging, redact URIs from it (``redaction``); when a
 pipeline starts, check its inputs (``preflight``), take the outputs' lock (``run_lock``), then
-build the SparkSession (``spark_session``)."""
+build the SparkSession (``spark_session``).
+
+Kedro calls ``before_pipeline_run`` outside the ``try`` that leads to ``on_pipeline_error``: a
+hook that fails there (a SparkSession that cannot start, a missing input of a partial run) ends
+the run with no error hook called. So the preflight and the lock are pluggy wrappers around the
+other ``before_pipeline_run`` hooks (the preflight outermost): the lock wrapper sees their
+failure and releases the lock it took.
+"""
 
 from __future__ import annotations
 
@@ -45,15 +52,18 @@ class PreflightHooks:
         self._catalog_config = dict(context.config_loader["catalog"])
         self._env = context.env or "local"
 
-    @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+    @hook_impl(wrapper=True, tryfirst=True)
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: CatalogProtocol):
+        # A wrapper, so that it runs before the lock wrapper's lock (see the module's docstring).
         check_buckets(s3_buckets(self._catalog_config, pipeline.datasets()), self._env)
         check_pipeline_inputs(pipeline, catalog)
+        return (yield)
 
 
 class RunLockHooks:
     """Holds the outputs' lock (parameters ``run_lock``) from the start of a run to its end,
-    after the preflight checks and before Spark starts."""
+    after the preflight checks and before Spark starts, and releases it however the run ends;
+    before every save, checks that the run still holds it (the fence)."""
 
     def __init__(self) -> None:
         self._settings: dict[str, Any] = {}
@@ -63,8 +73,8 @@ class RunLockHooks:
     def after_context_created(self, context) -> None:
         self._settings = dict(context.params["run_lock"])
 
-    @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+    @hook_impl(wrapper=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]):
         lock = RunLock(
             self._settings["path"],
             run_params["run_id"],
@@ -73,6 +83,16 @@ class RunLockHooks:
         )
         lock.acquire()
         self._lock = lock
+        try:
+            return (yield)  # the hooks that start the run: Spark's
+        except BaseException:
+            self._release()
+            raise
+
+    @hook_impl
+    def before_dataset_saved(self) -> None:
+        if self._lock is not None:
+            self._lock.check()
 
     def _release(self) -> None:
         if self._lock is not None:

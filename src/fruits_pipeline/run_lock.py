@@ -2,20 +2,29 @@
 object), taken by an exclusive create and held under a lease.
 
 Two runs on the same outputs would interleave their writes: the image table's MERGE, the
-committed versions of each Spark output, the model the next run keeps. The lock is created with
-``open(..., "xb")``: ``O_EXCL`` on a local disk, a conditional PUT (``If-None-Match: *``) on S3,
-so of two runs starting at once exactly one creates it. The other stops at once with a message
-naming the run that holds it.
+committed versions of each Spark output, the model the next run keeps. Every change of the lock
+object is conditional on what its writer last saw, so that of two runs racing exactly one wins:
 
-The holder renews its lease (``lease_seconds``) from a thread while it runs. A run that was
-killed cannot release its lock, so the lock is stale once its lease has ended, or at once when
-its holder ran on this machine and its process is gone. A new run takes a stale lock over: it
-first claims it by creating ``<lock>.taken.<holder's run id>`` (exclusively again, so that of two
-runs finding the same stale lock only one removes it), then creates its own.
+- taking it: an exclusive create (``If-None-Match: *`` on S3, ``O_EXCL`` on a local disk). The
+  loser stops at once with a message naming the run that holds it;
+- renewing the lease (from a thread, every third of ``lease_seconds``) and releasing it: a write
+  or a delete conditional on the holder's own last version (``If-Match`` on its ETag on S3; on a
+  local disk, under ``flock`` and only if the file still holds the bytes this run wrote);
+- taking over a stale lock (its lease ended, or its holder ran on this machine and its process
+  is gone): a delete conditional on the stale version, then an exclusive create.
+
+A renewal that fails for a passing reason (a connection reset, a throttled request) is retried
+until the lease runs out. Once the lease has run out or another run holds the lock, the lock is
+lost: ``check`` (the fence the hooks call before every save) stops the run before its next
+write. A save already under way when the lease runs out is not stopped: the lease (120 s by
+default, renewed every 40 s) is what leaves room for it, and the hosts' clocks must agree to
+within much less than the lease.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,9 +34,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
+from fsspec.asyn import sync
 
 from fruits_pipeline.errors import UserError
 from fruits_pipeline.redaction import redact
@@ -41,6 +51,10 @@ _HELD: set[str] = set()
 
 class ConcurrentRunError(UserError):
     """Another run holds the outputs' lock."""
+
+
+class LockLostError(UserError):
+    """This run no longer holds the outputs' lock: its lease ran out, or another run took it."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +90,167 @@ class Holder:
         )
 
 
-def _filesystem_path(
-    uri: str, fs_args: dict[str, Any] | None
-) -> tuple[fsspec.AbstractFileSystem, str]:
+class _LockObject(Protocol):
+    """One object changed only by conditional operations. A version (``tag``) names what a
+    writer saw: each operation succeeds only if the object is still at that version."""
+
+    def create(self, content: bytes) -> str | None:
+        """Creates it holding ``content``: its version, or None when it already exists."""
+
+    def read(self) -> tuple[bytes, str] | None:
+        """Its content and version, or None when there is none."""
+
+    def replace(self, content: bytes, tag: str) -> str | None:
+        """Writes ``content`` if still at ``tag``: the new version, or None when it is not."""
+
+    def delete(self, tag: str) -> bool:
+        """Deletes it if still at ``tag``: False when it is not (or is gone)."""
+
+
+class _S3Object:
+    """The lock as an S3 object: S3's conditional writes and deletes, with its ETag."""
+
+    def __init__(self, filesystem: fsspec.AbstractFileSystem, path: str) -> None:
+        self._fs = filesystem  # s3fs: its call_s3 adds the fs_args (encryption) to each request
+        self._bucket, _, self._key = path.partition("/")
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
+
+    def create(self, content: bytes) -> str | None:
+        try:
+            return self._call("put_object", Body=content, IfNoneMatch="*")["ETag"]
+        except OSError as error:
+            # 412: it exists; 409 (ConditionalRequestConflict): another create of the same key
+            # is under way, and will win.
+            if isinstance(error, FileExistsError) or _s3_status(error) in (409, 412):
+                return None
+            raise
+
+    def read(self) -> tuple[bytes, str] | None:
+        async def get() -> tuple[bytes, str]:
+            # The body and the ETag of one GET: the version read is the version tagged.
+            response = await self._fs._call_s3("get_object", Bucket=self._bucket, Key=self._key)
+            async with response["Body"] as body:
+                return await body.read(), response["ETag"]
+
+        try:
+            return sync(self._fs.loop, get)
+        except FileNotFoundError:
+            return None
+
+    def replace(self, content: bytes, tag: str) -> str | None:
+        try:
+            return self._call("put_object", Body=content, IfMatch=tag)["ETag"]
+        except OSError as error:
+            if isinstance(error, FileNotFoundError) or _s3_status(error) in (409, 412):
+                return None
+            raise
+
+    def delete(self, tag: str) -> bool:
+        try:
+            self._call("delete_object", IfMatch=tag)
+        except OSError as error:
+            if isinstance(error, FileNotFoundError) or _s3_status(error) in (409, 412):
+                return False
+            raise
+        return True
+
+
+def _s3_status(error: OSError) -> int | None:
+    """The HTTP status of the S3 answer behind an s3fs error."""
+    response = getattr(error.__cause__, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+class _LocalFile:
+    """The lock as a local file: a version is the file's bytes, checked and changed under an
+    exclusive ``flock`` of the file (and of the same file still at that path)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The open file, locked, if the path still names it; else None."""
+        try:
+            descriptor = os.open(self._path, os.O_RDWR)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self._path).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                same = False
+            yield descriptor if same else None
+        finally:
+            os.close(descriptor)  # releases the flock
+
+    def create(self, content: bytes) -> str | None:
+        try:
+            descriptor = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)  # readers wait for the content
+            os.write(descriptor, content)
+        finally:
+            os.close(descriptor)
+        return content.decode()
+
+    def read(self) -> tuple[bytes, str] | None:
+        with self._locked() as descriptor:
+            if descriptor is None:
+                return None
+            content = _read_all(descriptor)
+        return content, content.decode()
+
+    def replace(self, content: bytes, tag: str) -> str | None:
+        with self._locked() as descriptor:
+            if descriptor is None or _read_all(descriptor).decode() != tag:
+                return None
+            os.lseek(descriptor, 0, os.SEEK_SET)
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, content)
+        return content.decode()
+
+    def delete(self, tag: str) -> bool:
+        with self._locked() as descriptor:
+            if descriptor is None or _read_all(descriptor).decode() != tag:
+                return False
+            os.unlink(self._path)
+        return True
+
+
+def _read_all(descriptor: int) -> bytes:
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(descriptor, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _lock_object(uri: str, fs_args: dict[str, Any] | None) -> _LockObject:
     # The lock sits beside outputs Spark writes through s3a://: s3fs takes the same objects.
-    return fsspec.core.url_to_fs(uri.replace("s3a://", "s3://", 1), **(fs_args or {}))
+    filesystem, path = fsspec.core.url_to_fs(uri.replace("s3a://", "s3://", 1), **(fs_args or {}))
+    if "s3" in filesystem.protocol:
+        return _S3Object(filesystem, path)
+    if "file" in filesystem.protocol:
+        filesystem.makedirs(posixpath.dirname(path), exist_ok=True)
+        return _LocalFile(path)
+    raise UserError(
+        f"The run lock {redact(uri)} must be a local path or an s3:// URI: only these offer the "
+        "conditional writes it relies on (run_lock.path)."
+    )
 
 
 class RunLock:
     """The lock of the outputs at ``uri``, for the run ``run_id``."""
+
+    # Attempts at a renewal in a row before the renewer only waits for the lease to run out.
+    RETRIES_PER_INTERVAL = 3
 
     def __init__(
         self,
@@ -94,7 +260,7 @@ class RunLock:
         fs_args: dict[str, Any] | None = None,
     ) -> None:
         self.uri = uri
-        self._filesystem, self._path = _filesystem_path(uri, fs_args)
+        self._object = _lock_object(uri, fs_args)
         self._lease = float(lease_seconds)
         self._holder = Holder(
             run_id=run_id,
@@ -103,81 +269,113 @@ class RunLock:
             started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             lease_until=0.0,
         )
+        self._tag: str | None = None  # the version this run last wrote
+        self._lease_until = 0.0  # the lease of that version
+        self._lost: str | None = None  # why the lock was lost, once it is
         self._stop_renewing = threading.Event()
         self._renewer: threading.Thread | None = None
 
-    def _read(self) -> Holder | None:
-        try:
-            return Holder(**json.loads(self._filesystem.cat_file(self._path)))
-        except FileNotFoundError:
+    def _content(self) -> tuple[bytes, float]:
+        lease_until = time.time() + self._lease
+        holder = Holder(**{**asdict(self._holder), "lease_until": lease_until})
+        return json.dumps(asdict(holder)).encode(), lease_until
+
+    def _read(self) -> tuple[Holder, str] | None:
+        found = self._object.read()
+        if found is None:
             return None
-
-    def _write(self, exclusive: bool) -> None:
-        holder = Holder(**{**asdict(self._holder), "lease_until": time.time() + self._lease})
-        with self._filesystem.open(self._path, "xb" if exclusive else "wb") as lock:
-            lock.write(json.dumps(asdict(holder)).encode())
-
-    def _create(self) -> bool:
+        content, tag = found
         try:
-            self._write(exclusive=True)
-        except FileExistsError:
-            return False
-        return True
-
-    def _take_over(self, stale: Holder) -> bool:
-        """Removes a stale lock if this run is the one that claims it."""
-        claim = f"{self._path}.taken.{stale.run_id}"
-        try:
-            with self._filesystem.open(claim, "xb") as marker:
-                marker.write(self._holder.run_id.encode())
-        except FileExistsError:
-            return False  # another run took it over
-        logger.warning("Taking over the lock of %s, which ended without releasing it", stale.run_id)
-        self._filesystem.rm_file(self._path)
-        return True
+            return Holder(**json.loads(content)), tag
+        except (ValueError, TypeError):  # a local lock being created: its bytes come next
+            return None
 
     def acquire(self) -> None:
         """Takes the lock, or raises ConcurrentRunError naming the run that holds it."""
-        self._filesystem.makedirs(posixpath.dirname(self._path), exist_ok=True)
         for _ in range(3):
-            created = self._create()
-            holder = None if created else self._read()
-            # A holder of this run: created, but the response to the create was lost.
-            if created or (holder is not None and holder.run_id == self._holder.run_id):
+            content, lease_until = self._content()
+            tag = self._object.create(content)
+            if tag is not None:
+                self._tag, self._lease_until = tag, lease_until
                 _HELD.add(self._holder.run_id)
                 self._start_renewing()
                 logger.info("Run lock %s taken", self.uri)  # the log redacts URIs itself
                 return
-            if holder is None:  # released between the two calls
+            found = self._read()
+            if found is None:  # released between the two calls
                 continue
-            if not (holder.stale(time.time()) and self._take_over(holder)):
+            holder, stale_tag = found
+            if not holder.stale(time.time()):
                 break
-        holder = self._read()
+            if self._object.delete(stale_tag):  # only the version found stale
+                logger.warning(
+                    "Taking over the lock of %s, which ended without releasing it", holder.run_id
+                )
+        found = self._read()
         raise ConcurrentRunError(
-            f"Another run is writing these outputs: {holder.describe() if holder else 'unknown'}. "
-            f"Runs on the same outputs never interleave: start this one when it has ended. A run "
-            f"that was killed frees the lock when its lease ends (run_lock.lease_seconds), or at "
-            f"once on the same machine; the lock is {redact(self.uri)}."
+            f"Another run is writing these outputs: {found[0].describe() if found else 'unknown'}"
+            f". Runs on the same outputs never interleave: start this one when it has ended. A "
+            f"run that was killed frees the lock when its lease ends (run_lock.lease_seconds), "
+            f"or at once on the same machine; the lock is {redact(self.uri)}."
+        )
+
+    def _renew(self) -> None:
+        """One conditional renewal; sets ``_lost`` when another run holds the lock."""
+        content, lease_until = self._content()
+        tag = self._object.replace(content, self._tag)
+        if tag is None:
+            found = self._read()
+            self._lose(
+                f"taken over by {found[0].describe()}" if found else "removed by another run"
+            )
+        else:
+            self._tag, self._lease_until = tag, lease_until
+
+    def _lose(self, why: str) -> None:
+        self._lost = why
+        logger.error(
+            "The run lock %s was lost (%s): the run stops before its next save", self.uri, why
         )
 
     def _start_renewing(self) -> None:
+        interval = self._lease / 3
+
         def renew() -> None:
-            while not self._stop_renewing.wait(self._lease / 3):
-                holder = self._read()
-                if holder is None or holder.run_id != self._holder.run_id:
-                    logger.error("The run lock %s was taken over by another run", self.uri)
+            wait = interval
+            while self._lost is None and not self._stop_renewing.wait(wait):
+                if time.time() >= self._lease_until:
+                    self._lose("its lease ran out before it could be renewed")
                     return
-                self._write(exclusive=False)
+                try:
+                    self._renew()
+                    wait = interval
+                except Exception as error:  # noqa: BLE001 (a passing fault: retried)
+                    wait = interval / self.RETRIES_PER_INTERVAL
+                    logger.warning("Renewing the run lock failed, retrying: %s", error)
 
         self._renewer = threading.Thread(target=renew, name="run-lock-lease", daemon=True)
         self._renewer.start()
 
+    def check(self) -> None:
+        """The fence: raises LockLostError once this run no longer holds the lock."""
+        if self._lost is None and time.time() >= self._lease_until:
+            self._lose("its lease ran out before it could be renewed")
+        if self._lost is not None:
+            raise LockLostError(
+                f"This run lost the lock of its outputs ({self._lost}), so it stopped before "
+                "writing anything more: another run may be writing them now. Run again once "
+                f"that run has ended (the lock is {redact(self.uri)})."
+            )
+
     def release(self) -> None:
-        """Stops renewing and removes the lock, if it is still this run's."""
+        """Stops renewing and removes the lock, if it is still the version this run wrote."""
         self._stop_renewing.set()
         if self._renewer is not None:
             self._renewer.join()
         _HELD.discard(self._holder.run_id)
-        holder = self._read()
-        if holder is not None and holder.run_id == self._holder.run_id:
-            self._filesystem.rm_file(self._path)
+        if self._lost is None and self._tag is not None:
+            try:
+                self._object.delete(self._tag)
+            except OSError as error:
+                # Left behind, it is stale at once on this machine, elsewhere when its lease ends.
+                logger.warning("The run lock %s could not be removed: %s", self.uri, error)
