@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -375,25 +376,37 @@ def test_s3_connection_resets_and_latency_are_absorbed(
     assert_nothing_partial_committed(run["bucket"])
 
 
-def test_decoder_crashes_finds_exactly_the_crashing_files(sample_images, monkeypatch):
+def test_decoder_failures_finds_exactly_the_files_that_crash_or_hang_it(sample_images, monkeypatch):
     from fruits_pipeline import mobilenet_v2
-    from fruits_pipeline.pipelines.featurization.nodes import decoder_crashes
+    from fruits_pipeline.pipelines.featurization.nodes import decoder_failures
 
     decode_image = mobilenet_v2.decode_image
+    hang, swell = b"FRUITS-FAULT-HANG", b"FRUITS-FAULT-OUT-OF-MEMORY"
 
-    def crashing_decoder(content: bytes, max_pixels: int):
-        if fault_injection.CRASH_MARKER in content:  # in the forked child only
-            faulthandler.disable()  # pytest's: no traceback dump in the test's output
+    def failing_decoder(content: bytes, max_pixels: int):
+        # In the forked child only: no traceback dump of pytest's in the test's output.
+        if fault_injection.CRASH_MARKER in content:
+            faulthandler.disable()
             os.kill(os.getpid(), signal.SIGSEGV)
+        if hang in content:
+            time.sleep(600)
+        if swell in content:  # as the kernel's out-of-memory killer ends a process
+            os.kill(os.getpid(), signal.SIGKILL)
         return decode_image(content, max_pixels)
 
-    monkeypatch.setattr(mobilenet_v2, "decode_image", crashing_decoder)
+    monkeypatch.setattr(mobilenet_v2, "decode_image", failing_decoder)
     contents = {
         row: path.read_bytes() for row, path in enumerate(sorted(sample_images.rglob("*.jpg"))[:64])
     }
     contents[5] += fault_injection.CRASH_MARKER
+    contents[20] += hang
     contents[50] += fault_injection.CRASH_MARKER
     contents[51] = b"not an image"  # an ordinary decoding error: the parent quarantines it
-    crashes = decoder_crashes(contents, 50_000_000)
-    assert sorted(crashes) == [5, 50]
-    assert "crashed on this file (SIGSEGV)" in crashes[5]
+    contents[63] += swell
+    started = time.monotonic()
+    failures = decoder_failures(contents, 50_000_000, timeout=1.0)
+    assert time.monotonic() - started < 10, "the hanging decode was stopped after its timeout"
+    assert sorted(failures) == [5, 20, 50, 63]
+    assert failures[5][0] == "DecoderCrash" and "crashed on this file (SIGSEGV)" in failures[5][1]
+    assert failures[20][0] == "DecoderTimeout" and "within 1 s" in failures[20][1]
+    assert failures[63][0] == "DecoderOutOfMemory" and "out-of-memory killer" in failures[63][1]

@@ -126,7 +126,7 @@ def test_a_workers_model_is_left_out_of_the_collection_after_each_task(model_fil
     output = _in_a_fresh_process(
         "import gc, types\n"
         "from fruits_pipeline.pipelines.featurization import nodes\n"
-        "settings = nodes.WorkerSettings('sha', 32, 50_000_000, 1)\n"
+        "settings = nodes.WorkerSettings('sha', 32, 50_000_000, 1, 5.0)\n"
         f"model = types.SimpleNamespace(value=open({str(model_file)!r}, 'rb').read())\n"
         "before = gc.get_freeze_count()\n"
         "nodes._worker_model(model, settings)\n"

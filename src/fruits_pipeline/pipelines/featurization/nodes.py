@@ -9,7 +9,8 @@ interpreter and keeps it in a module-level cache, so that it is reused by every 
 
 A task whose worker died (killed, out of memory, or a native decoder crashing on one file) is
 retried by Spark; a retried attempt decodes its batches in a forked child first, so that a file
-that crashes the decoder is quarantined with its reason instead of killing every attempt.
+that crashes or hangs the decoder is quarantined with its reason instead of killing (or
+hanging) every attempt.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -64,6 +66,14 @@ DECODER_CRASH = (
     "the image decoder crashed on this file ({signal}): its task's worker died, and the retried "
     "task isolated the file"
 )
+DECODER_TIMEOUT = (
+    "the image decoder did not finish this file within {seconds:g} s "
+    "(featurization.decode_timeout_seconds): the retried task stopped it"
+)
+DECODER_OUT_OF_MEMORY = (
+    "the image decoder was killed by the out-of-memory killer (SIGKILL) while decoding this "
+    "file: the retried task isolated it"
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class WorkerSettings:
     inference_batch_size: int
     max_image_pixels: int
     inference_threads: int
+    decode_timeout_seconds: float
 
 
 # Per Python worker process: weights sha256 -> extractor holding those weights.
@@ -93,42 +104,68 @@ def _worker_model(litert_model: Broadcast, settings: WorkerSettings):
     return model
 
 
-def _crash_signal(contents: list[bytes], max_image_pixels: int) -> str | None:
-    """Decodes ``contents`` in a forked child of this worker: the name of the signal that
-    killed the child (a native decoder crash, which would kill the worker itself), else None."""
+def _decode_in_child(
+    contents: list[bytes], max_image_pixels: int, timeout: float
+) -> tuple[int, tuple[str, str] | None]:
+    """Decodes ``contents`` in order in a forked child of this worker, which reports each image
+    done through a pipe: how many it decoded, and the error class and reason of the image
+    after them if the child died on it (a native decoder crash, which would kill the worker
+    itself) or spent more than ``timeout`` seconds on it (killed then), else None."""
+    progress, report = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover (runs in the child)
         try:
+            os.close(progress)
             for content in contents:
                 with contextlib.suppress(mobilenet_v2.ImageDecodeError):
                     mobilenet_v2.decode_image(content, max_image_pixels)
+                os.write(report, b".")
         finally:
             os._exit(0)  # no clean-up of the parent's sockets and buffers, whatever happened
+    os.close(report)
+    done, hung = 0, False
+    try:
+        while True:
+            if not select.select([progress], [], [], timeout)[0]:
+                hung = True
+                os.kill(child, signal.SIGKILL)
+                break
+            reported = os.read(progress, 4096)
+            if not reported:  # the child has ended
+                break
+            done += len(reported)
+    finally:
+        os.close(progress)
     _, status = os.waitpid(child, 0)
-    return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else None
+    if hung:
+        return done, ("DecoderTimeout", DECODER_TIMEOUT.format(seconds=timeout))
+    if not os.WIFSIGNALED(status):
+        return done, None
+    killer = signal.Signals(os.WTERMSIG(status))
+    if killer == signal.SIGKILL:  # not this process's doing: the kernel's out-of-memory killer
+        return done, ("DecoderOutOfMemory", DECODER_OUT_OF_MEMORY)
+    return done, ("DecoderCrash", DECODER_CRASH.format(signal=killer.name))
 
 
-def decoder_crashes(contents: dict[int, bytes], max_image_pixels: int) -> dict[int, str]:
-    """The rows whose bytes crash the decoder, with the reason: the rows are decoded in one
-    forked child, and halved while a child dies, down to the crashing files (a batch of 64
-    with one such file: 13 children). Decoding twice costs a few ms an image, so only retried
-    tasks pay it."""
-    if not contents:
-        return {}
-    crash = _crash_signal(list(contents.values()), max_image_pixels)
-    if crash is None:
-        return {}
-    if len(contents) == 1:
-        return {row: DECODER_CRASH.format(signal=crash) for row in contents}
+def decoder_failures(
+    contents: dict[int, bytes], max_image_pixels: int, timeout: float
+) -> dict[int, tuple[str, str]]:
+    """The rows whose bytes crash or hang the decoder, with their error class and reason: the
+    rows are decoded in a forked child (``_decode_in_child``), which names the image it died
+    or hung on; the rest go on in a new child. Decoding twice costs a few ms an image, so
+    only retried tasks pay it."""
     rows = list(contents)
-    halves = (rows[: len(rows) // 2], rows[len(rows) // 2 :])
-    return {
-        row: reason
-        for half in halves
-        for row, reason in decoder_crashes(
-            {row: contents[row] for row in half}, max_image_pixels
-        ).items()
-    }
+    failures: dict[int, tuple[str, str]] = {}
+    start = 0
+    while start < len(rows):
+        done, failure = _decode_in_child(
+            [contents[row] for row in rows[start:]], max_image_pixels, timeout
+        )
+        if failure is None or start + done >= len(rows):
+            break
+        failures[rows[start + done]] = failure
+        start += done + 1
+    return failures
 
 
 def featurize_batch(
@@ -139,17 +176,18 @@ def featurize_batch(
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Features (a list array over one float32 buffer, null where the image cannot be read),
     reasons and error classes for a batch of image bytes; ``isolate_decoding`` first decodes
-    the batch in a child process (``decoder_crashes``)."""
+    the batch in a child process (``decoder_failures``)."""
     rows = len(contents)
     reasons: list[str | None] = [None] * rows
     error_classes: list[str | None] = [None] * rows
     decoded: list[np.ndarray] = []
     featurized = np.zeros(rows, dtype=bool)
     files = contents.to_pylist()
-    crashes = (
-        decoder_crashes(
+    failures = (
+        decoder_failures(
             {row: content for row, content in enumerate(files) if content},
             settings.max_image_pixels,
+            settings.decode_timeout_seconds,
         )
         if isolate_decoding
         else {}
@@ -158,8 +196,8 @@ def featurize_batch(
         if content is None:
             reasons[row], error_classes[row] = UNREADABLE, "UnreadableFile"
             continue
-        if row in crashes:
-            reasons[row], error_classes[row] = crashes[row], "DecoderCrash"
+        if row in failures:
+            error_classes[row], reasons[row] = failures[row]
             continue
         try:
             decoded.append(mobilenet_v2.decode_image(content, settings.max_image_pixels))
@@ -307,6 +345,7 @@ def _run_model(
         inference_batch_size=int(featurization["inference_batch_size"]),
         max_image_pixels=int(featurization["max_image_pixels"]),
         inference_threads=int(featurization["inference_threads"]),
+        decode_timeout_seconds=float(featurization["decode_timeout_seconds"]),
     )
     images_received = spark.sparkContext.accumulator(0)
     to_model = to_featurize.join(image_store.contents(to_featurize), "path", "left").select(
