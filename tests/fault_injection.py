@@ -5,9 +5,10 @@ runs that ``spark_settings`` configures; its Python workers fork from it, so the
 wrapped ``mobilenet_v2.decode_image``, which only the model stage calls:
 
 - ``pause-at-model-stage``: the first image a run decodes (whichever worker, once per fault
-  folder) writes ``model_stage.json`` (the worker's, its daemon's and its JVM's process ids) and
-  waits, up to a minute, for the test to kill something (which lands inside the model stage) or
-  to ``resume``;
+  folder) in a task of partition ``from_partition`` or later writes ``model_stage.json`` (the
+  worker's, its daemon's and its JVM's process ids) and waits, up to a minute, for the test to
+  kill something (which lands inside the model stage) or to ``resume``. From the first
+  partition of the second wave of tasks on, the paused worker's executor has finished a task;
 - ``crash-on-marker``: every image whose bytes hold ``CRASH_MARKER`` kills its process with
   SIGSEGV, as a native decoder crashing on one file would, on every attempt.
 """
@@ -25,13 +26,16 @@ MODEL_STAGE_FILE = "model_stage.json"
 RESUME_FILE = "resume"
 
 
-def spark_settings(mode: str, fault_dir: Path, project_root: Path) -> dict[str, str]:
+def spark_settings(
+    mode: str, fault_dir: Path, project_root: Path, from_partition: int = 0
+) -> dict[str, str]:
     """Spark settings that make a run's Python workers inject ``mode``."""
     return {
         "spark.python.daemon.module": "tests.fault_injection",
         "spark.executorEnv.PYTHONPATH": str(project_root),
         "spark.executorEnv.FRUITS_FAULT": mode,
         "spark.executorEnv.FRUITS_FAULT_DIR": str(fault_dir),
+        "spark.executorEnv.FRUITS_FAULT_FROM_PARTITION": str(from_partition),
     }
 
 
@@ -61,12 +65,18 @@ def _wrap_decoder() -> None:
     from fruits_pipeline import mobilenet_v2
 
     mode, fault_dir = os.environ["FRUITS_FAULT"], Path(os.environ["FRUITS_FAULT_DIR"])
+    from_partition = int(os.environ.get("FRUITS_FAULT_FROM_PARTITION") or 0)
     decode_image = mobilenet_v2.decode_image
 
     def decode_with_fault(content: bytes, max_pixels: int):
+        from pyspark import TaskContext
+
         if mode == "crash-on-marker" and CRASH_MARKER in content:
             os.kill(os.getpid(), signal.SIGSEGV)
-        if mode == "pause-at-model-stage":
+        task = TaskContext.get()
+        if mode == "pause-at-model-stage" and (
+            task is None or task.partitionId() >= from_partition
+        ):
             try:
                 marker = os.open(fault_dir / MODEL_STAGE_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:

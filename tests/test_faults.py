@@ -76,14 +76,16 @@ def finish(run: subprocess.Popen, timeout: float = 600) -> str:
     return output
 
 
-def faulty_project(target: Path, mode: str, env: str = "local") -> tuple[Path, Path]:
+def faulty_project(
+    target: Path, mode: str, env: str = "local", from_partition: int = 0
+) -> tuple[Path, Path]:
     """A project copy whose runs inject ``mode`` (``fault_injection``), and its fault folder."""
     project = make_project_copy(target / "project")
     fault_dir = target / "faults"
     fault_dir.mkdir()
     spark_file = project / "conf" / env / "spark.yml"
     settings = yaml.safe_load(spark_file.read_text()) if spark_file.exists() else {}
-    settings.update(fault_injection.spark_settings(mode, fault_dir, PROJECT_ROOT))
+    settings.update(fault_injection.spark_settings(mode, fault_dir, PROJECT_ROOT, from_partition))
     spark_file.write_text(yaml.safe_dump(settings, sort_keys=False))
     return project, fault_dir
 
@@ -237,11 +239,13 @@ def s3_run(
     master: str | None = None,
     at_model_stage: Callable[[dict, Path], None] | None = None,
     endpoint: str | None = None,
+    from_partition: int = 0,
 ) -> dict:
     """A run of the emr environment (images and outputs on moto's S3, or on ``endpoint`` in
     front of it) on ``master`` (local[2,4] by default); ``at_model_stage`` injects its fault
-    once the run has reached its model stage, given the pids and fault folder of
-    ``fault_injection``. Returns the run's outputs by image and its metrics."""
+    once the run has reached its model stage (a task of ``from_partition`` or later), given the
+    pids and fault folder of ``fault_injection``. Returns the run's outputs by image and its
+    metrics."""
     bucket = create_bucket()
     s3fs.S3FileSystem(skip_instance_cache=True).put(f"{images}/", f"{bucket}/{RAW}", recursive=True)
     params = f"featurization.weights={weights}" + (f",spark_master={master}" if master else "")
@@ -249,7 +253,9 @@ def s3_run(
     args = ("--env", "emr", "--to-outputs", "pca_features,pipeline_metrics", "--params", params)
     env = {"FRUITS_S3_BUCKET": bucket, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})}
     if at_model_stage:
-        project, fault_dir = faulty_project(target, "pause-at-model-stage", env="emr")
+        project, fault_dir = faulty_project(
+            target, "pause-at-model-stage", env="emr", from_partition=from_partition
+        )
         run = start_run(project, *args, env=env)
         at_model_stage(fault_injection.wait_for_model_stage(fault_dir, run), fault_dir)
     else:
@@ -323,15 +329,21 @@ def test_cluster_run_gives_the_outputs_of_a_local_run(
 def test_cluster_run_survives_a_killed_process(
     spark_cluster, local_s3_run, tiny_image_set, weights_file, tmp_path, killed
 ):
+    """The executor JVM is killed in the second wave of tasks (the cluster's two 1-core
+    workers give 2 task slots), so it has finished a task: its outputs are lost and Spark runs
+    that task again, which must not count its images twice."""
     run = s3_run(
         tmp_path,
         tiny_image_set,
         weights_file,
         master=spark_cluster.master_url,
         at_model_stage=kill(killed),
+        from_partition=2 if killed == "jvm" else 0,
     )
     assert run["info"]["task_attempts_failed"] >= 1, run["output"][-3000:]
     assert run["info"]["images_quarantined"] == 0
+    images = len(list(tiny_image_set.rglob("*.jpg")))
+    assert run["info"]["images_sent_to_model"] == run["info"]["images_featurized"] == images
     assert_same_s3_outputs(run, local_s3_run)
 
 

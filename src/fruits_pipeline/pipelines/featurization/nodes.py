@@ -335,10 +335,16 @@ def _run_model(
     images: int,
     *,
     partitions: int,
-) -> tuple[DataFrame, int, int]:
+) -> tuple[DataFrame, int, int, int]:
     """Features (or a quarantine reason) for each of the ``images`` rows of ``to_featurize``,
-    computed once in ``partitions`` and persisted, how many images the model's UDF received,
-    and how many task attempts failed (and were retried) while it ran."""
+    computed once in ``partitions`` and persisted; how many of them the model received and how
+    many it featurized, counted from those results; and how many task attempts failed (and
+    were retried) while it ran.
+
+    The counts come from the results, not from the UDF's accumulator: Spark adds a shuffle map
+    task's accumulator updates again when it runs the task again (an executor lost after some
+    tasks finished loses their outputs and cached blocks), so the accumulator only drives the
+    progress log."""
     spark = to_featurize.sparkSession
     settings = WorkerSettings(
         weights_sha256=feature_model.id,
@@ -367,11 +373,12 @@ def _run_model(
         job_group(spark.sparkContext, "featurization: MobileNetV2") as group,
         progress_log(images_received, images),
     ):
-        results.count()
+        counts = results.agg(F.count("*").alias("received"), F.count("features").alias("done"))
+        received, featurized = counts.first()
     failed = failed_task_attempts(spark.sparkContext, group)
     if failed:
         logger.warning("featurization: %d task attempts failed and were retried", failed)
-    return results, images_received.value, failed
+    return results, received, featurized, failed
 
 
 def extract_features(
@@ -403,7 +410,7 @@ def extract_features(
     changes = _planned_rows(image_changes)
     images_received = featurized = attempts_failed = 0
     if actions.get(ingestion.FEATURIZE):
-        results, images_received, attempts_failed = _run_model(
+        results, images_received, featurized, attempts_failed = _run_model(
             image_changes.where(F.col("action") == ingestion.FEATURIZE),
             image_store,
             feature_model,
@@ -411,7 +418,6 @@ def extract_features(
             actions[ingestion.FEATURIZE],
             partitions=_partitions(actions[ingestion.FEATURIZE], slots, featurization),
         )
-        featurized = results.where(F.col("features").isNotNull()).count()
         changes = changes.unionByName(results)
     quarantined = (
         actions.get(ingestion.EMPTY, 0)
