@@ -238,3 +238,53 @@ def test_the_kept_model_is_the_one_mllib_fits_with_the_chosen_k(spark, kind):
         rtol=0,
         atol=1e-8,
     )
+
+
+# ---------------------------------------------------------------- photos that vanish mid-run
+@pytest.fixture
+def store_of_twelve(sample_images, tmp_path) -> Path:
+    """Twelve photos of three classes in a store of their own."""
+    root = tmp_path / "store"
+    for class_dir in sorted((sample_images / "Training").glob("*"))[:3]:
+        (root / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.jpg"))[:4]:
+            (root / class_dir.name / image.name).write_bytes(image.read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("changed", [2, 12], ids=["path-by-path", "whole-store-scan"])
+def test_a_photo_removed_after_the_listing_gets_no_bytes(spark, store_of_twelve, changed):
+    from fruits_pipeline.datasets import ImageFolderDataset
+
+    store = ImageFolderDataset(path=str(store_of_twelve)).load()
+    paths = store.listing.orderBy("path").limit(changed).select("path")
+    wanted = sorted(row["path"] for row in paths.collect())
+    Path(wanted[0].removeprefix("file:")).unlink()  # before the read: Spark's path check
+    contents = store.contents(paths)
+    Path(wanted[-1].removeprefix("file:")).unlink()  # while the tasks run: after Spark listed
+    read = sorted(row["path"] for row in contents.collect())
+    assert read == wanted[1:-1]
+
+
+def test_a_photo_removed_between_the_listing_and_the_model_is_quarantined(
+    spark, store_of_twelve, weights_file, tmp_path
+):
+    """The issue's reproduction: three new photos are listed, one is deleted, then the model
+    runs: the run goes on and accounts for it as unreadable."""
+    project = make_project_copy(tmp_path / "project")
+    params = run_params(store_of_twelve, weights_file)
+    kedro(project, "run", "--pipelines", "ingestion,featurization", "--params", params)
+    new = [store_of_twelve / "New" / f"new_{index}.jpg" for index in range(3)]
+    new[0].parent.mkdir()
+    first = sorted(store_of_twelve.rglob("*.jpg"))
+    for index, photo in enumerate(new):
+        photo.write_bytes(first[index].read_bytes())
+    kedro(project, "run", "--to-nodes", "list_changes", "--params", params)
+    new[1].unlink()
+    kedro(project, "run", "--from-nodes", "extract_features", "--params", params)
+    info = featurization_info(project)
+    assert (info["images_sent_to_model"], info["images_featurized"]) == (3, 2)
+    rows = {row["path"]: row for row in image_table(spark, project).collect()}
+    gone = rows[f"file:{new[1]}"]
+    assert (gone["features"], gone["error_class"]) == (None, "UnreadableFile")
+    assert len(rows) == 15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -13,10 +14,13 @@ import fsspec
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets._utils.spark_utils import get_spark
-from pyspark.sql import DataFrame
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, DataFrameReader
 from pyspark.sql import functions as F
 
 from fruits_pipeline.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 FRUITS_360_SOURCES = (
     "the Fruits-360 GitHub repository (https://github.com/fruits-360/fruits-360-100x100) or "
@@ -24,6 +28,7 @@ FRUITS_360_SOURCES = (
 )
 
 LISTING_SCHEMA = "path string, label string, length long, modificationTime timestamp"
+CONTENTS_SCHEMA = "path string, content binary"
 
 # Characters Hadoop reads as a glob in a path given to Spark; a file name holding one is escaped.
 _HADOOP_GLOB = re.compile(r"([\\*?\[\]{}])")
@@ -64,19 +69,43 @@ class ImageStore:
 
     def contents(self, paths: DataFrame) -> DataFrame:
         """``path, content`` of the files of ``paths`` (a DataFrame with a ``path`` column) that
-        have bytes; Spark's scan leaves out empty files."""
+        have bytes and are still there; Spark's scan leaves out empty files.
+
+        A file removed since the store was listed gets no row (its caller quarantines it as
+        unreadable), whenever it went: before the read (``_present_files``) or while the tasks
+        run (Spark's ``ignoreMissingFiles``, which skips a file gone since Spark listed it)."""
         spark = paths.sparkSession
         wanted = [row["path"] for row in paths.select("path").collect()]
         if not wanted:
-            return spark.createDataFrame([], "path string, content binary")
-        reader = spark.read.format("binaryFile").option("pathGlobFilter", self.glob)
+            return spark.createDataFrame([], CONTENTS_SCHEMA)
+        reader = (
+            spark.read.format("binaryFile")
+            .option("pathGlobFilter", self.glob)
+            .option("ignoreMissingFiles", "true")
+        )
         if len(wanted) > _SCAN_WHOLE_STORE_ABOVE * self.images:
             scanned = reader.option("recursiveFileLookup", str(self.recursive).lower()).load(
                 self.location
             )
             return scanned.join(F.broadcast(paths.select("path")), "path").select("path", "content")
-        escaped = [_HADOOP_GLOB.sub(r"\\\1", path) for path in wanted]
-        return reader.load(escaped).select("path", "content")
+        return _present_files(reader, [_HADOOP_GLOB.sub(r"\\\1", path) for path in wanted])
+
+
+def _present_files(reader: DataFrameReader, paths: list[str]) -> DataFrame:
+    """``path, content`` of the files named: Spark checks that each path it is given exists
+    before it reads any, and stops the read at the first that does not; such a path (a file
+    removed since the listing) is left out and the read started again."""
+    remaining = list(paths)
+    while remaining:
+        try:
+            return reader.load(remaining).select("path", "content")
+        except AnalysisException as error:
+            gone = error.getMessageParameters().get("path")
+            if error.getErrorClass() != "PATH_NOT_FOUND" or gone not in remaining:
+                raise
+            logger.warning("%s was removed since the store was listed", gone)
+            remaining.remove(gone)
+    return get_spark().createDataFrame([], CONTENTS_SCHEMA)
 
 
 def _modification_time(info: dict[str, Any]) -> datetime:

@@ -38,6 +38,7 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, Str
 
 from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.datasets import ImageStore
+from fruits_pipeline.made_from import made_from
 from fruits_pipeline.pipelines.ingestion import nodes as ingestion
 
 logger = logging.getLogger(__name__)
@@ -439,7 +440,11 @@ def extract_features(
         "weights_source": feature_model.weights.source,
         "weights_sha256": feature_model.id,
         "photo_store": image_store.location,
-        "images_in_store": image_store.images,
+        # The photos of the listing the plan was made from: the table holds these once merged,
+        # even if the store changed since (a photo removed in between is quarantined).
+        "images_in_store": (made_from(image_changes) or {}).get(
+            "images_listed", image_store.images
+        ),
         "images_sent_to_model": images_received,
         "images_featurized": featurized,
         "images_quarantined": quarantined,

@@ -7,6 +7,7 @@ from pyspark.sql import functions as F
 
 from fruits_pipeline.datasets import ImageStore
 from fruits_pipeline.errors import OtherStoreError
+from fruits_pipeline.made_from import stamp
 from fruits_pipeline.mobilenet_v2 import FeatureModel
 
 # What the featurization does with a row of image_changes.
@@ -49,7 +50,8 @@ def list_changes(
 
     Returns:
         path, label, length, modificationTime and ``action``: featurize, empty, unlabelled
-        (both quarantined without reading the file) or delete.
+        (both quarantined without reading the file) or delete; its ``path`` column records
+        how many photos the listing held (``images_listed``), the store the table will hold.
     """
     listing = image_store.listing.withColumn("model_id", F.lit(feature_model.id))
     if known_images is None:
@@ -77,4 +79,4 @@ def list_changes(
         )
     )
     # A few rows in one file, not one per shuffle partition.
-    return plan.coalesce(1)
+    return stamp(plan.coalesce(1), "path", images_listed=image_store.images)
