@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import (
+    committed,
     featurization_info,
     image_table,
     kedro,
@@ -61,7 +62,7 @@ def _record(spark, project: Path) -> Step:
         for row in parquet(spark, project, "07_model_output/pca_features.parquet").collect()
     }
     csv = spark.read.option("header", True).csv(
-        str(next((project / "data/07_model_output/pca_features.csv").glob("2*")))
+        str(committed(project / "data/07_model_output/pca_features.csv"))
     )
     models = project / "data" / "06_models"
     with np.load(models / "pca_projection.npz") as projection:

@@ -53,10 +53,13 @@ def test_killed_run_keeps_the_last_good_output(project_copy, sample_images, weig
     assert version == good_version
     assert table.equals(good_table)
 
-    # The next complete run commits a new version and removes the interrupted one.
+    # The next complete run commits a new version, keeps the one before it for readers still
+    # reading it, and removes the interrupted one.
     third = kedro_run(project_copy, "--pipelines", "ingestion", "--params", params)
     assert third.returncode == 0, third.stderr[-2000:]
     version, table = _read_committed(dataset)
     assert version != good_version
     assert table.num_rows == 2018
-    assert sorted(p.name for p in dataset.iterdir()) == sorted(["_COMMITTED", version])
+    assert sorted(p.name for p in dataset.iterdir()) == sorted(
+        ["_COMMITTED", good_version, version]
+    )

@@ -93,3 +93,27 @@ def test_the_image_tables_loads_carry_its_version(spark, tmp_path):
     second = made_from(dataset.load())
     assert second["version"] == 1 and second["committed"] >= first["committed"]
     assert [row["path"] for row in dataset.load().collect()] == ["b"]
+
+
+def test_a_commit_keeps_the_version_before_it_for_readers_still_reading(tmp_path):
+    """Readers outside the run lock may still read the version committed before: it stays
+    until the next commit; older versions and uncommitted leftovers go."""
+    from fruits_pipeline.datasets.committed import VersionedFolder
+
+    folder = VersionedFolder(str(tmp_path / "out"))
+    versions = []
+    for run in range(3):
+        version = folder.new_version()
+        (tmp_path / "out" / version).mkdir(parents=True)  # as Spark's write makes it
+        folder.write(version, "part-0", b"run %d" % run)
+        folder.commit(version)
+        versions.append(version)
+    leftover = folder.new_version()
+    (tmp_path / "out" / leftover).mkdir()
+    last = folder.new_version()
+    (tmp_path / "out" / last).mkdir()
+    folder.write(last, "part-0", b"run 3")
+    folder.commit(last)
+    kept = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert kept == sorted(["_COMMITTED", versions[-1], last])
+    assert folder.read_committed("part-0") == b"run 3"

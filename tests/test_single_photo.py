@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.embedding import embed_photos
@@ -109,7 +112,37 @@ def test_bad_photos_and_a_missing_models_folder_are_short_errors(finished_run, t
 
     result = _fruits_features(tmp_path, str(broken))
     assert result.returncode == 2
-    assert "lacks feature_extractor.tflite, pca_projection.npz: run `kedro run` first" in (
-        result.stderr
-    )
+    assert "holds no app_files.json: run `kedro run` first" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_never_mixes_the_app_files_of_two_runs(tmp_path):
+    """Runs rewrite the set while a reader reads it: each read is one run's set, whole."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from fruits_pipeline.app_files import AppFilesError, read_app_files, write_app_files
+
+    folder, names = str(tmp_path / "models"), ["a.tflite", "b.npz", "c.tflite"]
+    write_app_files(LocalFileSystem(), folder, {name: b"run 0" for name in names})
+    writing = threading.Event()
+
+    def runs() -> None:
+        run = 1
+        while not writing.is_set():
+            write_app_files(LocalFileSystem(), folder, {name: b"run %d" % run for name in names})
+            run += 1
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=runs)
+    writer.start()
+    try:
+        sets = [set(read_app_files(folder).values()) for _ in range(200)]
+    finally:
+        writing.set()
+        writer.join()
+    assert all(len(files) == 1 for files in sets), [files for files in sets if len(files) > 1]
+    assert len({next(iter(files)) for files in sets}) > 1, "the reads saw the runs go by"
+
+    (tmp_path / "models" / "b.npz").write_bytes(b"changed by hand")
+    with pytest.raises(AppFilesError, match="do not match their app_files"):
+        read_app_files(folder)

@@ -17,34 +17,25 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fruits_pipeline import mobilenet_v2
+from fruits_pipeline import app_files, mobilenet_v2
 
 # Where `kedro run` writes the models (conf/base/catalog.yml), from the project root.
 DEFAULT_MODELS_DIR = Path("data") / "06_models"
-FEATURE_EXTRACTOR = "feature_extractor.tflite"
-PCA_PROJECTION = "pca_projection.npz"
 BATCH_SIZE = 32
 
 
 class PhotoEmbedder:
-    """The LiteRT feature extractor and the scaler + PCA(k) arrays of a models folder."""
+    """The LiteRT feature extractor and the scaler + PCA(k) arrays of a models folder, both
+    of one run (``app_files``)."""
 
     def __init__(self, models_dir: str | Path) -> None:
-        models = Path(models_dir)
-        missing = [
-            name for name in (FEATURE_EXTRACTOR, PCA_PROJECTION) if not (models / name).is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"{models} lacks {', '.join(missing)}: run `kedro run` first (it writes them into "
-                "data/06_models/), or point --models at a folder that holds them."
-            )
+        files = app_files.read_app_files(str(models_dir))
         self._extractor = mobilenet_v2.FeatureExtractor(
-            (models / FEATURE_EXTRACTOR).read_bytes(), threads=os.cpu_count() or 1
+            files[app_files.FEATURE_EXTRACTOR], threads=os.cpu_count() or 1
         )
-        with np.load(models / PCA_PROJECTION, allow_pickle=False) as arrays:
-            self._mean, self._scale = arrays["mean"], arrays["scale"]
-            self._components = arrays["components"]
+        arrays = app_files.npz_arrays(files[app_files.PCA_PROJECTION])
+        self._mean, self._scale = arrays["mean"], arrays["scale"]
+        self._components = arrays["components"]
 
     @property
     def k(self) -> int:
@@ -125,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         table = embed_photos(args.paths, args.models, on_error=report)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, app_files.AppFilesError) as error:
         print(f"fruits-features: {error}", file=sys.stderr)
         return 2
     table.to_csv(args.out or sys.stdout, index=False)

@@ -1,6 +1,6 @@
 """Project-specific Kedro datasets."""
 
-from fruits_pipeline.datasets.bytes_dataset import BytesDataset
+from fruits_pipeline.datasets.app_files_dataset import AppFilesDataset
 from fruits_pipeline.datasets.committed_spark_dataset import CommittedSparkDataset
 from fruits_pipeline.datasets.delta_merge_dataset import DeltaMergeDataset
 from fruits_pipeline.datasets.feature_model_dataset import FeatureModelDataset
@@ -10,19 +10,17 @@ from fruits_pipeline.datasets.image_folder_dataset import (
     MissingImagesError,
     spark_location,
 )
-from fruits_pipeline.datasets.numpy_dataset import NumpyArraysDataset
 from fruits_pipeline.datasets.optional_json_dataset import OptionalJSONDataset
 from fruits_pipeline.datasets.spark_ml_model_dataset import SparkMLModelDataset
 
 __all__ = [
-    "BytesDataset",
+    "AppFilesDataset",
     "CommittedSparkDataset",
     "DeltaMergeDataset",
     "FeatureModelDataset",
     "ImageFolderDataset",
     "ImageStore",
     "MissingImagesError",
-    "NumpyArraysDataset",
     "OptionalJSONDataset",
     "SparkMLModelDataset",
     "spark_location",

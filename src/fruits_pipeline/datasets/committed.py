@@ -3,8 +3,10 @@
 Each save writes a new version folder under the dataset's path, then commits it by writing the
 version's name to ``<path>/_COMMITTED``; loads read the committed version only. A run killed
 while writing leaves an uncommitted folder that no load sees (the next commit removes it), so
-the previous complete output stays readable. The pointer is written to a temporary name and
-moved into place: a rename on local disks and HDFS, a single atomic PUT-copy on S3.
+the previous complete output stays readable; a commit keeps the version committed before it
+(for readers still reading it) and removes the older ones. The pointer is written to a
+temporary name and moved into place: a rename on local disks and HDFS, a single atomic
+PUT-copy on S3.
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ class VersionedFolder:
         self._fs.pipe_file(f"{self._fs_path}/{version}/{relative_path}", content)
 
     def commit(self, version: str) -> None:
-        """Points loads at ``version``, then removes every other version folder."""
+        """Points loads at ``version``, then removes every other version folder but the one
+        committed before: a reader that read the pointer just before this commit (a notebook,
+        a downstream job, outside the run lock) still finds its files, until the next commit."""
+        previous = self.committed()
         staged = f"{self._fs_path}/{POINTER}.{uuid.uuid4().hex}"
         self._fs.pipe_file(staged, version.encode())
         self._fs.mv(staged, f"{self._fs_path}/{POINTER}")
         for entry in self._fs.ls(self._fs_path, detail=False):
             name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name not in (version, POINTER):
+            if name not in (version, previous, POINTER):
                 self._fs.rm(entry, recursive=True)

@@ -15,7 +15,7 @@ from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from fruits_pipeline import mobilenet_v2
+from fruits_pipeline import app_files, mobilenet_v2
 from fruits_pipeline.errors import UserError
 from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold, choose_k
 from fruits_pipeline.made_from import made_from, stamp
@@ -244,17 +244,19 @@ def embedding_arrays(pca_model: PipelineModel) -> dict[str, np.ndarray]:
     return {"mean": scaler.mean.toArray(), "scale": scale, "components": pca.pc.toArray()}
 
 
-def export_embedding(
-    pca_model: PipelineModel, feature_model: FeatureModel
-) -> tuple[dict[str, np.ndarray], bytes, bytes]:
-    """What embeds one photo without Spark, as the pipeline would: the scaler + PCA(k) as
-    plain arrays (``pca_projection``), the LiteRT feature extractor, and the app's embedder,
-    one LiteRT file with the projection folded in (``mobilenet_v2.export_embedder``)."""
+def export_embedding(pca_model: PipelineModel, feature_model: FeatureModel) -> dict[str, Any]:
+    """What embeds one photo without Spark, as the pipeline would, as one set of files: the
+    LiteRT feature extractor, the scaler + PCA(k) as plain arrays, and the app's embedder, one
+    LiteRT file with the projection folded in (``mobilenet_v2.export_embedder``)."""
     arrays = embedding_arrays(pca_model)
     embedder = mobilenet_v2.export_embedder(
         feature_model.litert, arrays["mean"], arrays["scale"], arrays["components"]
     )
-    return arrays, feature_model.litert, embedder
+    return {
+        app_files.FEATURE_EXTRACTOR: feature_model.litert,
+        app_files.PCA_PROJECTION: arrays,
+        app_files.EMBEDDER: embedder,
+    }
 
 
 def summarize_run(

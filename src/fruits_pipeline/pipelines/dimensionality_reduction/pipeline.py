@@ -42,7 +42,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=export_embedding,
                 inputs=["pca_model", "feature_model"],
-                outputs=["pca_projection", "feature_extractor_litert", "app_embedder"],
+                outputs="app_files",
                 name="export_embedding",
             ),
             Node(
