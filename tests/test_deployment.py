@@ -494,6 +494,11 @@ def test_wait_shows_state_and_logs_then_terminate(deployment):
     assert f"Logs: s3://{bucket}/{PREFIX}/emr-logs/{cluster_id}/steps/{step_id}/" in waited
     assert f"Step {step_id}: {state}" in waited
     assert f"Step {step_id} is {state} after 1 s" in waited
+    logs = f"s3://{bucket}/{PREFIX}/emr-logs/{cluster_id}"
+    assert f"bootstrap: {logs}/node/<instance id>/bootstrap-actions/1/" in waited
+    assert f"containers: {logs}/containers/" in waited
+    cluster_state = boto3.client("emr").describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert f"Cluster {cluster_id}: {cluster_state['Status']['State']}" in waited
 
     terminated = kedro(project, "emr", "terminate", "--cluster-id", cluster_id)
     assert f"Cluster {cluster_id}: TERMINATED" in terminated

@@ -20,12 +20,17 @@ from omegaconf import OmegaConf
 
 from fruits_pipeline import __version__, mobilenet_v2, s3_encryption
 from fruits_pipeline.emr.cluster import (
+    MANAGED_POLICY_TAG,
+    SECURITY_GROUPS,
     TERMINAL_STEP_STATES,
     Release,
+    cluster_log_uris,
     cluster_request,
     pipeline_step,
+    presigned_arguments,
     step_log_uri,
     task_slots,
+    untagged_network,
 )
 from fruits_pipeline.emr.release import (
     ReleaseNotFoundError,
@@ -180,17 +185,46 @@ def create_cluster_command(metadata: ProjectMetadata, env: str, overrides: tuple
     cluster = settings["cluster"]
     release = _uploaded_release(cluster)
     client = _emr(cluster)
+    _check_network_tags(cluster)
     encryption = settings["globals"].get("s3_encryption") or {}
+    kms_key = encryption.get("kms_key_id")
+    if kms_key:
+        try:
+            kms_key = s3_encryption.kms_key_arn(
+                boto3.client("kms", region_name=cluster["region"]), kms_key
+            )
+        except s3_encryption.KmsKeyError as error:
+            raise click.ClickException(str(error)) from error
     security = s3_encryption.emr_security_configuration(
-        cluster["security_configuration"],
-        encryption.get("algorithm"),
-        encryption.get("kms_key_id"),
+        cluster["security_configuration"], encryption.get("algorithm"), kms_key
     )
     if security:
         _ensure_security_configuration(client, *security)
-    request = cluster_request(cluster, release, security[0] if security else None)
+    request = cluster_request(cluster, release, security[0] if security else None, kms_key)
     cluster_id = client.run_job_flow(**request)["JobFlowId"]
     click.echo(f"Cluster {cluster_id} requested. Next: export FRUITS_EMR_CLUSTER_ID={cluster_id}")
+
+
+def _check_network_tags(cluster: dict[str, Any]) -> None:
+    """With the cluster tagged for AmazonEMRServicePolicy_v2, the subnet, the security groups
+    and the VPC it names must carry the tag too, or AWS refuses the cluster after minutes."""
+    if cluster["tags"].get(MANAGED_POLICY_TAG) != "true" or not cluster.get("ec2_subnet_id"):
+        return
+    ec2 = boto3.client("ec2", region_name=cluster["region"])
+    subnets = ec2.describe_subnets(SubnetIds=[cluster["ec2_subnet_id"]])["Subnets"]
+    groups = [group for name in SECURITY_GROUPS if (group := cluster["security_groups"][name])]
+    found = ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"] if groups else []
+    # EMR creates its managed groups in the subnet's VPC when none is named: the VPC then
+    # needs the tag too.
+    vpcs = ec2.describe_vpcs(VpcIds=[subnets[0]["VpcId"]])["Vpcs"] if len(groups) < 3 else []
+    untagged = untagged_network(subnets, found, vpcs)
+    if untagged:
+        raise click.ClickException(
+            f"{', '.join(untagged)} lack the tag {MANAGED_POLICY_TAG}=true, which the service "
+            "role's AmazonEMRServicePolicy_v2 requires on the network the cluster uses: tag "
+            "them (aws ec2 create-tags --resources ID --tags "
+            f"Key={MANAGED_POLICY_TAG},Value=true), or see docs/aws.md, IAM."
+        )
 
 
 def _ensure_security_configuration(client, name: str, body: dict[str, Any]) -> None:
@@ -219,17 +253,33 @@ def _cluster_task_slots(client, cluster: dict[str, Any], cluster_id: str) -> int
 @ENV_OPTION
 @SET_OPTION
 @CLUSTER_OPTION
+@click.option(
+    "--terminate-on-failure",
+    is_flag=True,
+    help="End the cluster if the step fails (a one-shot cluster), instead of leaving it idle "
+    "until its auto-termination.",
+)
 @click.argument("kedro_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def submit_command(
     metadata: ProjectMetadata,
+    *,
     env: str,
     overrides: tuple[str, ...],
     cluster_id: str,
+    terminate_on_failure: bool,
     kedro_args: tuple[str, ...],
 ) -> None:
     """Run the pipelines on the cluster as a step; extra arguments go to `kedro run`
     (e.g. `-- --pipelines featurization`)."""
+    presigned = presigned_arguments(kedro_args)
+    if presigned:
+        raise click.ClickException(
+            f"{', '.join(presigned)}: a URL with a query string (a presigned URL's signature) "
+            "would be stored in the step's arguments, which anyone allowed DescribeStep can "
+            "read. Give the weights to `kedro emr upload-release --weights URL` instead (the "
+            "cluster runs the release's exported model), or an s3:// URI the cluster can read."
+        )
     settings = _settings(metadata, env, overrides)
     cluster = settings["cluster"]
     release = _uploaded_release(cluster)
@@ -241,6 +291,7 @@ def submit_command(
         kedro_args,
         slots=_cluster_task_slots(client, cluster, cluster_id),
         encryption=settings["globals"].get("s3_encryption"),
+        terminate_on_failure=terminate_on_failure,
     )
     step_id = client.add_job_flow_steps(JobFlowId=cluster_id, Steps=[step])["StepIds"][0]
     command = " ".join(step["HadoopJarStep"]["Args"])
@@ -267,6 +318,8 @@ def wait_command(
     cluster = _settings(metadata, env)["cluster"]
     client = _emr(cluster)
     click.echo(f"Logs: {step_log_uri(cluster['log_uri'], cluster_id, step_id)}")
+    for name, uri in cluster_log_uris(cluster["log_uri"], cluster_id).items():
+        click.echo(f"  {name}: {uri}")
     deadline = time.monotonic() + timeout
     state = None
     while True:
@@ -278,6 +331,12 @@ def wait_command(
             break
         time.sleep(poll)
     if state != "COMPLETED":
+        found = client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
+        reason = found.get("StateChangeReason") or {}
+        click.echo(
+            f"Cluster {cluster_id}: {found['State']} "
+            f"{reason.get('Code', '')} {reason.get('Message', '')}".rstrip()
+        )
         failure = status.get("FailureDetails", {})
         raise click.ClickException(
             f"Step {step_id} is {state}"

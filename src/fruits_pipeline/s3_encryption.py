@@ -3,9 +3,10 @@
 ``s3_encryption`` (conf/emr/globals.yml) names the algorithm as S3's API does: ``None`` leaves
 every object to the bucket's default encryption (which a bucket policy may set to SSE-KMS),
 ``AES256`` asks for SSE-S3, ``aws:kms`` for SSE-KMS with the key ``kms_key_id`` (an id, ARN or
-alias; required, as EMR's security configuration requires one). Each writer spells it its own
+alias; required, as EMR's security configuration requires one, and as a key ARN:
+``kms_key_arn`` resolves an id or alias). Each writer spells it its own
 way: Hadoop's S3A connector (Spark's parquet, CSV and Delta writes), s3fs and boto3 (the small
-files, the uploads, the run lock) and EMR's security configuration (EMRFS: the cluster's logs).
+files, the uploads, the run lock) and EMR's security configuration and log encryption.
 This module is the one translation of the setting into each.
 """
 
@@ -61,10 +62,10 @@ def s3a_algorithm(algorithm: str | None, kms_key_id: str | None = None) -> str |
 def emr_security_configuration(
     name_prefix: str, algorithm: str | None, kms_key_id: str | None = None
 ) -> tuple[str, dict[str, Any]] | None:
-    """The name and body of the EMR security configuration encrypting EMRFS writes at rest
-    like the rest, or None when the bucket's default is left to do it. The name says the mode
-    (and the key, hashed): a changed setting creates a new configuration, never edits one a
-    running cluster uses."""
+    """The name and body of the EMR security configuration encrypting the cluster's S3 writes
+    at rest like the rest, or None when the bucket's default is left to do it. The name says
+    the mode (and the key, hashed): a changed setting creates a new configuration, never edits
+    one a running cluster uses."""
     algorithm, kms_key_id = _checked(algorithm, kms_key_id)
     if algorithm is None:
         return None
@@ -81,3 +82,23 @@ def emr_security_configuration(
         }
     }
     return f"{name_prefix}-{suffix}", body
+
+
+class KmsKeyError(ValueError):
+    """The KMS key of s3_encryption cannot be resolved to its ARN."""
+
+
+def kms_key_arn(kms_client: Any, kms_key_id: str) -> str:
+    """The ARN of the KMS key ``kms_key_id`` names (a key id, ``alias/name``, or an ARN, kept
+    as it is): EMR's security configuration and log encryption refuse anything but a key ARN.
+    ``kms_client``: boto3's KMS client (``describe_key``)."""
+    if kms_key_id.startswith("arn:") and ":key/" in kms_key_id:
+        return kms_key_id
+    try:
+        return kms_client.describe_key(KeyId=kms_key_id)["KeyMetadata"]["Arn"]
+    except Exception as error:
+        raise KmsKeyError(
+            f"The KMS key {kms_key_id!r} (FRUITS_S3_SSE_KMS_KEY_ID) could not be resolved to "
+            f"its ARN, which EMR requires ({error}): give the key's ARN "
+            "(arn:aws:kms:REGION:ACCOUNT_ID:key/KEY_ID), or allow kms:DescribeKey on it."
+        ) from error

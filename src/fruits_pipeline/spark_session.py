@@ -51,7 +51,11 @@ def create_spark_session(
     when there is none and ``write_class_archive``, and gets one native BLAS thread per task
     slot (``local_jvm_environment``)."""
     # Spark's Python workers must run the interpreter that runs Kedro (same packages), not
-    # whatever `python3` is first on PATH.
+    # whatever `python3` is first on PATH. The SparkContext reads it once, as its pythonExec,
+    # and every Python UDF carries that path to the executors, which start their workers with
+    # it: on EMR, the step's /opt/fruits-pipeline/bin/python, which the bootstrap action
+    # installs at the same path on every node (the cluster's spark-env export says the same
+    # for spark-submit and notebooks).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     archive_to_write = None
     jvm_environment: dict[str, str] = {}

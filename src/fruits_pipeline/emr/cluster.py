@@ -10,6 +10,16 @@ from typing import Any
 
 from fruits_pipeline.redaction import redact
 
+# The tag AWS's managed policy AmazonEMRServicePolicy_v2 requires on every resource the service
+# role acts on: the cluster, and the subnet, security groups (and VPC) it runs in.
+MANAGED_POLICY_TAG = "for-use-with-amazon-emr-managed-policies"
+# cluster.yml's security groups -> run_job_flow's Instances keys.
+SECURITY_GROUPS = {
+    "emr_managed_primary": "EmrManagedMasterSecurityGroup",
+    "emr_managed_core": "EmrManagedSlaveSecurityGroup",
+    "service_access": "ServiceAccessSecurityGroup",
+}
+
 TERMINAL_STEP_STATES = ("COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED")
 # The names `kedro package` writes to dist/.
 CONF_ARCHIVE = "conf-fruits_pipeline.tar.gz"
@@ -91,10 +101,14 @@ def bootstrap_arguments(cluster: dict[str, Any], release: Release) -> list[str]:
 
 
 def cluster_request(
-    cluster: dict[str, Any], release: Release, security_configuration: str | None
+    cluster: dict[str, Any],
+    release: Release,
+    security_configuration: str | None,
+    log_kms_key_arn: str | None = None,
 ) -> dict[str, Any]:
     """The ``run_job_flow`` arguments for the cluster definition and a release; the security
-    configuration by name, if any (``s3_encryption.emr_security_configuration``)."""
+    configuration by name, if any (``s3_encryption.emr_security_configuration``), and the KMS
+    key that encrypts the logs EMR pushes to ``log_uri``, if any (SSE-KMS)."""
     instances: dict[str, Any] = {
         "InstanceGroups": [
             _instance_group("Primary", "MASTER", cluster["instance_groups"]["primary"]),
@@ -108,6 +122,9 @@ def cluster_request(
         instances["Ec2KeyName"] = cluster["ec2_key_name"]
     if cluster.get("ec2_subnet_id"):
         instances["Ec2SubnetId"] = cluster["ec2_subnet_id"]
+    for name, key in SECURITY_GROUPS.items():
+        if (cluster.get("security_groups") or {}).get(name):
+            instances[key] = cluster["security_groups"][name]
     python = f"{cluster['install_dir']}/bin/python"
     request = {
         "Name": cluster["name"],
@@ -147,7 +164,34 @@ def cluster_request(
     }
     if security_configuration:
         request["SecurityConfiguration"] = security_configuration
+    if log_kms_key_arn:
+        request["LogEncryptionKmsKeyId"] = log_kms_key_arn
     return request
+
+
+def untagged_network(
+    subnets: list[dict[str, Any]],
+    security_groups: list[dict[str, Any]],
+    vpcs: list[dict[str, Any]],
+) -> list[str]:
+    """The subnets, security groups and VPCs (as EC2's describe calls give them) that lack
+    MANAGED_POLICY_TAG=true: AmazonEMRServicePolicy_v2 cannot act on them."""
+
+    def tagged(resource: dict[str, Any]) -> bool:
+        tags = {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+        return tags.get(MANAGED_POLICY_TAG) == "true"
+
+    return [
+        *(f"subnet {item['SubnetId']}" for item in subnets if not tagged(item)),
+        *(f"security group {item['GroupId']}" for item in security_groups if not tagged(item)),
+        *(f"VPC {item['VpcId']}" for item in vpcs if not tagged(item)),
+    ]
+
+
+def presigned_arguments(kedro_args: tuple[str, ...]) -> list[str]:
+    """The arguments that hold a URI with a query string (a presigned URL's signature): an EMR
+    step keeps its arguments, and DescribeStep shows them to anyone allowed to call it."""
+    return [redact(argument) for argument in kedro_args if redact(argument) != argument]
 
 
 def task_slots(instance_groups: list[dict[str, Any]], vcpus: dict[str, int]) -> int:
@@ -170,17 +214,20 @@ def pipeline_step(
     *,
     slots: int | None = None,
     encryption: dict[str, str | None] | None = None,
+    terminate_on_failure: bool = False,
 ) -> dict[str, Any]:
     """The ``add_job_flow_steps`` step that runs the packaged project on the primary node:
     ``python -m fruits_pipeline --env emr --conf-source <conf archive>``, the same entry point
     as a local run, with the cluster's own Spark (SPARK_HOME) on YARN. ``slots``: the cluster's
     task slots (``task_slots``), for the featurization's partitions (FRUITS_TASK_SLOTS).
-    ``encryption``: the environment's s3_encryption, passed on as the variables it reads."""
+    ``encryption``: the environment's s3_encryption, passed on as the variables it reads.
+    ``terminate_on_failure``: a failed step ends the cluster (a one-shot cluster), instead of
+    leaving it idle until its auto-termination."""
     bucket, _, prefix = s3_root.partition("/")
     return {
         # The name shows in the EMR console and its API: no credential or presigned query.
         "Name": redact("fruits-pipeline: kedro run --env emr " + " ".join(kedro_args)),
-        "ActionOnFailure": "CONTINUE",
+        "ActionOnFailure": "TERMINATE_CLUSTER" if terminate_on_failure else "CONTINUE",
         "HadoopJarStep": {
             "Jar": "command-runner.jar",
             "Args": [
@@ -214,3 +261,13 @@ def pipeline_step(
 def step_log_uri(log_uri: str, cluster_id: str, step_id: str) -> str:
     """Where EMR puts a step's stdout.gz and stderr.gz (a few minutes after it ends)."""
     return f"{log_uri.rstrip('/')}/{cluster_id}/steps/{step_id}/"
+
+
+def cluster_log_uris(log_uri: str, cluster_id: str) -> dict[str, str]:
+    """Where EMR puts the bootstrap action's output (one folder per node) and the YARN
+    containers' logs (the Spark driver's and executors')."""
+    root = f"{log_uri.rstrip('/')}/{cluster_id}"
+    return {
+        "bootstrap": f"{root}/node/<instance id>/bootstrap-actions/1/",
+        "containers": f"{root}/containers/",
+    }
