@@ -281,7 +281,8 @@ def test_bootstrap_installed_the_lean_release_offline(deployment):
     assert len(installed) == wheels
     assert 50 <= size_mib <= 400
     project = install_dir / "project"
-    assert (project / "conf" / "emr" / "catalog.yml").is_file()
+    assert (project / "conf" / "emr" / "globals.yml").is_file()
+    assert (project / "conf" / "base" / "catalog.yml").is_file()
     assert (project / "pyproject.toml").read_text() == (
         deployment["project"] / "pyproject.toml"
     ).read_text()

@@ -14,48 +14,42 @@ from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy, proje
 from tests.test_preflight import short_user_error
 
 DELTA_DATASET = "fruits_pipeline.datasets.DeltaMergeDataset"
-SPARK_DATASETS = {
-    DELTA_DATASET,
-    "fruits_pipeline.datasets.CommittedSparkDataset",
-    "fruits_pipeline.datasets.SparkMLModelDataset",
-}
 # s3_encryption unset: no header, the bucket's default encryption applies.
 BUCKET_DEFAULT = {"s3_additional_kwargs": {}}
 
 
-def _catalog(env: str) -> dict:
-    catalog = project_config(env)["catalog"]
-    return {name: entry for name, entry in catalog.items() if not name.startswith("_")}
+def _stored(catalog: dict) -> dict[str, dict]:
+    """The stored datasets of a catalog, by name (a CachedDataset's wrapped one)."""
+    return {
+        name: entry.get("dataset", entry)
+        for name, entry in catalog.items()
+        if not name.startswith("_") and name not in ("raw_images", "feature_model")
+    }
 
 
-def test_emr_catalog_is_the_base_catalog_on_s3(monkeypatch):
+def test_one_catalog_puts_every_dataset_under_its_environments_root(monkeypatch):
+    """conf/base/catalog.yml is the only catalog: the emr environment changes its root (and
+    the filesystem's arguments) through globals.yml, never a dataset entry."""
+    assert not (PROJECT_ROOT / "conf" / "emr" / "catalog.yml").exists()
     monkeypatch.setenv("FRUITS_S3_BUCKET", "fruits-bucket")
     monkeypatch.setenv("FRUITS_S3_PREFIX", "team/fruits")
-    base, emr = _catalog("local"), _catalog("emr")
-    assert emr.keys() == base.keys()
-    root = "fruits-bucket/team/fruits/"
-    assert emr["raw_images"]["path"] == f"s3a://{root}01_raw/fruits-360/"
-    for name, emr_entry in emr.items():
-        assert emr_entry["type"] == base[name]["type"], name
-        if name in ("raw_images", "feature_model"):  # base entries, their paths from globals
-            continue
-        entry, local = emr_entry, base[name]
-        if entry["type"] == "CachedDataset":  # kept in memory the same way, stored on S3
-            assert {k: v for k, v in entry.items() if k != "dataset"} == {
-                k: v for k, v in local.items() if k != "dataset"
-            }, name
-            entry, local = entry["dataset"], local["dataset"]
-        local_path = local["filepath"].removeprefix("data/")
-        # Spark writes through Hadoop's S3A connector; the small files through s3fs.
-        scheme = "s3a" if entry["type"] in SPARK_DATASETS else "s3"
-        assert entry["filepath"] == f"{scheme}://{root}{local_path}", name
-        own = ("filepath", "fs_args")
-        if entry["type"] == DELTA_DATASET:  # written by S3A, encrypted by its settings
-            assert "fs_args" not in entry, name
-        else:
-            assert entry["fs_args"] == BUCKET_DEFAULT, name
-        rest = {key: value for key, value in entry.items() if key not in own}
-        assert rest == {key: value for key, value in local.items() if key not in own}
+    roots = {"local": ("data/", {}), "emr": ("s3a://fruits-bucket/team/fruits/", BUCKET_DEFAULT)}
+    stored = {env: _stored(project_config(env)["catalog"]) for env in roots}
+    assert stored["local"].keys() == stored["emr"].keys()
+    assert len(stored["local"]) >= 15
+    for env, (root, fs_args) in roots.items():
+        config = project_config(env)
+        assert config["parameters"]["run_lock"]["path"] == f"{root}run.lock"
+        for name, entry in stored[env].items():
+            path = entry.get("filepath") or entry["folder"]
+            assert path.startswith(root), (env, name, path)
+            relative = path.removeprefix(root)
+            local = stored["local"][name]
+            assert relative == (local.get("filepath") or local["folder"]).removeprefix("data/")
+            # Delta Lake's files are written by Spark alone (S3A's encryption settings).
+            assert entry.get("fs_args") == (None if entry["type"] == DELTA_DATASET else fs_args)
+    emr = project_config("emr")["catalog"]
+    assert emr["raw_images"]["path"] == "s3a://fruits-bucket/team/fruits/01_raw/fruits-360/"
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,10 @@ def s3_buckets(catalog_config: dict[str, Any], dataset_names: set[str]) -> dict[
     buckets: dict[str, list[str]] = {}
     for name in sorted(dataset_names):
         entry = catalog_config.get(name) or {}
-        location = urlsplit(str(entry.get("filepath") or entry.get("path") or ""))
+        entry = entry.get("dataset", entry)  # a CachedDataset's wrapped dataset
+        location = urlsplit(
+            str(entry.get("filepath") or entry.get("path") or entry.get("folder") or "")
+        )
         if location.scheme in S3_SCHEMES:
             buckets.setdefault(location.netloc, []).append(name)
     return buckets
