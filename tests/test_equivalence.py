@@ -21,13 +21,12 @@ from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import 
 )
 from fruits_pipeline.pipelines.featurization.nodes import extract_features
 from fruits_pipeline.pipelines.ingestion.nodes import list_changes
+from tests.conftest import project_config
 
+# The project's own featurization parameters, in small tasks.
 FEATURIZATION = {
-    "inference_batch_size": 16,
-    "partitions": None,
+    **project_config("local")["parameters"]["featurization"],
     "images_per_partition": 64,
-    "inference_threads": 1,
-    "max_image_pixels": 50_000_000,
 }
 
 
