@@ -7,8 +7,8 @@ from kedro.pipeline import Pipeline
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Registers ``ingestion``, ``featurization`` and ``dimensionality_reduction``,
-    and their sum as ``__default__``."""
+    """Registers ``ingestion``, ``featurization``, ``dimensionality_reduction`` and
+    ``reporting``, and their sum as ``__default__``."""
     pipelines = find_pipelines(raise_errors=True)
     pipelines["__default__"] = sum(pipelines.values())
     return pipelines

@@ -1,4 +1,5 @@
-"""Nodes of the ``dimensionality_reduction`` pipeline: standardization and MLlib PCA."""
+"""Nodes of the ``dimensionality_reduction`` pipeline: standardization and PCA, fitted from
+numpy moments (``standardized_pca``) and kept as MLlib's scaler and PCA models."""
 
 from __future__ import annotations
 
