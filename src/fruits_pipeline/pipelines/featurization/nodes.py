@@ -34,47 +34,29 @@ import pyarrow as pa
 from pyspark import Accumulator, Broadcast, SparkContext, StorageLevel, TaskContext
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+from pyspark.sql.types import StructType
 
 from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.datasets import ImageStore
+from fruits_pipeline.image_table import (
+    DECODER_CRASH,
+    DECODER_OUT_OF_MEMORY,
+    DECODER_TIMEOUT,
+    DELETE,
+    DELETE_COLUMN,
+    EMPTY,
+    EMPTY_FILE,
+    FEATURES_TYPE,
+    FEATURIZATION_RESULT,
+    FEATURIZE,
+    IDENTITY,
+    NO_CLASS_FOLDER,
+    UNLABELLED,
+    UNREADABLE,
+)
 from fruits_pipeline.made_from import made_from
-from fruits_pipeline.pipelines.ingestion import nodes as ingestion
 
 logger = logging.getLogger(__name__)
-
-FEATURES_TYPE = ArrayType(FloatType(), containsNull=False)
-FEATURIZATION_RESULT = StructType(
-    [
-        StructField("features", FEATURES_TYPE, nullable=True),
-        StructField("reason", StringType(), nullable=True),
-        StructField("error_class", StringType(), nullable=True),
-    ]
-)
-
-# The columns that say which file a row of the image table describes.
-IDENTITY = ["path", "label", "length", "modificationTime"]
-# Marks, in the rows merged into the image table, the paths to remove from it.
-DELETE_COLUMN = "_delete"
-
-EMPTY_FILE = "empty file (0 bytes)"
-UNREADABLE = "the file could not be read (removed or unreadable since the store was listed)"
-NO_CLASS_FOLDER = (
-    "no class folder: the file sits directly in raw_images_path, so it has no label; "
-    "move it into a folder named after its class"
-)
-DECODER_CRASH = (
-    "the image decoder crashed on this file ({signal}): its task's worker died, and the retried "
-    "task isolated the file"
-)
-DECODER_TIMEOUT = (
-    "the image decoder did not finish this file within {seconds:g} s "
-    "(featurization.decode_timeout_seconds): the retried task stopped it"
-)
-DECODER_OUT_OF_MEMORY = (
-    "the image decoder was killed by the out-of-memory killer (SIGKILL) while decoding this "
-    "file: the retried task isolated it"
-)
 
 
 @dataclass(frozen=True)
@@ -313,18 +295,18 @@ def _planned_rows(image_changes: DataFrame) -> DataFrame:
     """Table changes that need no model: quarantine rows for empty and unlabelled files (never
     read), and the deletion of the paths that left the store."""
     action = F.col("action")
-    reason = F.when(action == ingestion.EMPTY, F.lit(EMPTY_FILE)).when(
-        action == ingestion.UNLABELLED, F.lit(NO_CLASS_FOLDER)
+    reason = F.when(action == EMPTY, F.lit(EMPTY_FILE)).when(
+        action == UNLABELLED, F.lit(NO_CLASS_FOLDER)
     )
-    error_class = F.when(action == ingestion.EMPTY, F.lit("EmptyFile")).when(
-        action == ingestion.UNLABELLED, F.lit("MissingLabel")
+    error_class = F.when(action == EMPTY, F.lit("EmptyFile")).when(
+        action == UNLABELLED, F.lit("MissingLabel")
     )
-    return image_changes.where(action != ingestion.FEATURIZE).select(
+    return image_changes.where(action != FEATURIZE).select(
         *IDENTITY,
         F.lit(None).cast(FEATURES_TYPE).alias("features"),
         reason.alias("reason"),
         error_class.alias("error_class"),
-        (action == ingestion.DELETE).alias(DELETE_COLUMN),
+        (action == DELETE).alias(DELETE_COLUMN),
     )
 
 
@@ -410,28 +392,23 @@ def extract_features(
     }
     changes = _planned_rows(image_changes)
     images_received = featurized = attempts_failed = 0
-    if actions.get(ingestion.FEATURIZE):
+    if actions.get(FEATURIZE):
         results, images_received, featurized, attempts_failed = _run_model(
-            image_changes.where(F.col("action") == ingestion.FEATURIZE),
+            image_changes.where(F.col("action") == FEATURIZE),
             image_store,
             feature_model,
             featurization,
-            actions[ingestion.FEATURIZE],
-            partitions=_partitions(actions[ingestion.FEATURIZE], slots, featurization),
+            actions[FEATURIZE],
+            partitions=_partitions(actions[FEATURIZE], slots, featurization),
         )
         changes = changes.unionByName(results)
-    quarantined = (
-        actions.get(ingestion.EMPTY, 0)
-        + actions.get(ingestion.UNLABELLED, 0)
-        + images_received
-        - featurized
-    )
+    quarantined = actions.get(EMPTY, 0) + actions.get(UNLABELLED, 0) + images_received - featurized
     seconds = time.perf_counter() - started
     logger.info(
         "Featurized %d new or changed images, quarantined %d, removed %d, in %.1f s",
         featurized,
         quarantined,
-        actions.get(ingestion.DELETE, 0),
+        actions.get(DELETE, 0),
         seconds,
     )
     info = {
@@ -448,7 +425,7 @@ def extract_features(
         "images_sent_to_model": images_received,
         "images_featurized": featurized,
         "images_quarantined": quarantined,
-        "images_removed": actions.get(ingestion.DELETE, 0),
+        "images_removed": actions.get(DELETE, 0),
         "task_attempts_failed": attempts_failed,
         "seconds": round(seconds, 3),
     }

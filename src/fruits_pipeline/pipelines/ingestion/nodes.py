@@ -7,17 +7,9 @@ from pyspark.sql import functions as F
 
 from fruits_pipeline.datasets import ImageStore
 from fruits_pipeline.errors import OtherStoreError
+from fruits_pipeline.image_table import DELETE, EMPTY, FEATURIZE, ROW_IDENTITY, UNLABELLED
 from fruits_pipeline.made_from import stamp
 from fruits_pipeline.mobilenet_v2 import FeatureModel
-
-# What the featurization does with a row of image_changes.
-FEATURIZE = "featurize"
-EMPTY = "empty"
-UNLABELLED = "unlabelled"
-DELETE = "delete"
-
-# A stored row is current when its file and its model are those of this run.
-ROW_IDENTITY = ["path", "length", "modificationTime", "model_id"]
 
 
 def _action(label: Column, length: Column) -> Column:
