@@ -23,6 +23,8 @@ from fruits_pipeline.pipelines.featurization.nodes import extract_features
 from fruits_pipeline.pipelines.ingestion.nodes import list_changes
 from tests.conftest import project_config
 
+pytestmark = pytest.mark.pipeline
+
 # The project's own featurization parameters, in small tasks.
 FEATURIZATION = {
     **project_config("local")["parameters"]["featurization"],

@@ -277,7 +277,6 @@ def assert_is_process(pid: int, role: str) -> None:
     command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     expected = {"worker": "tests.fault_injection", "jvm": "CoarseGrainedExecutorBackend"}[role]
     assert expected in command, f"process {pid} is not the {role} meant: {command}"
-    assert "SharedArchiveFile" not in command, "the class archive is the driver's alone"
 
 
 def s3_outputs(bucket: str) -> dict:
@@ -314,6 +313,7 @@ def local_s3_run(tiny_image_set, weights_file, moto_server, tmp_path_factory) ->
     return s3_run(tmp_path_factory.mktemp("local-s3-run"), tiny_image_set, weights_file)
 
 
+@pytest.mark.cluster
 def test_cluster_run_gives_the_outputs_of_a_local_run(
     spark_cluster, local_s3_run, tiny_image_set, weights_file, tmp_path
 ):
@@ -325,6 +325,7 @@ def test_cluster_run_gives_the_outputs_of_a_local_run(
     assert_same_s3_outputs(run, local_s3_run)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("killed", ["worker", "jvm"], ids=["python-worker", "executor-jvm"])
 def test_cluster_run_survives_a_killed_process(
     spark_cluster, local_s3_run, tiny_image_set, weights_file, tmp_path, killed

@@ -24,6 +24,8 @@ from tests.conftest import (
 )
 from tests.test_preflight import failed_before_spark
 
+pytestmark = pytest.mark.pipeline
+
 CLASSES = ("Avocado", "Banana Red", "Tomato Maroon", "Tomato Heart")
 PER_CLASS = 5
 # 2001-01-01: older than every photo already in the store, as an unzipped archive keeps it.

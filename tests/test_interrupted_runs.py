@@ -14,6 +14,8 @@ import pytest
 
 from tests.test_preflight import kedro_run
 
+pytestmark = pytest.mark.pipeline
+
 
 def _read_committed(dataset: Path):
     version = (dataset / "_COMMITTED").read_text().strip()

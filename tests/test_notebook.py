@@ -14,6 +14,8 @@ from nbclient import NotebookClient
 from tests.conftest import PROJECT_ROOT, kedro, make_project_copy
 from tests.s3_outputs import assert_complete_run, put_encrypted
 
+pytestmark = pytest.mark.pipeline
+
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "exploration.ipynb"
 EMR_NOTEBOOK = PROJECT_ROOT / "notebooks" / "emr_pipeline.ipynb"
 

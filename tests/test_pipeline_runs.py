@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.conftest import IMAGES_PER_CLASS, committed, image_table, kedro, parquet, run_params
 
+pytestmark = pytest.mark.pipeline
+
 CLASSES = 13
 
 

@@ -22,6 +22,8 @@ from fruits_pipeline.pipelines.dimensionality_reduction.nodes import (
 from tests.conftest import featurization_info, image_table, kedro, make_project_copy, run_params
 from tests.odd_images import EXIF_ORIENTATION, build_odd_image_folder
 
+pytestmark = pytest.mark.pipeline
+
 
 @pytest.fixture(scope="module")
 def odd_run(spark, sample_images, weights_file, tmp_path_factory):

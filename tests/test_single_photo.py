@@ -18,6 +18,8 @@ from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.embedding import embed_photos
 from tests.conftest import committed
 
+pytestmark = pytest.mark.pipeline
+
 TOLERANCE = 1e-4
 
 
