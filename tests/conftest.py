@@ -157,6 +157,34 @@ def kedro_process(project: Path, *args: str, timeout: int = 300) -> subprocess.C
     )
 
 
+def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`kedro run` in a fresh process (``kedro_process``)."""
+    return kedro_process(project, "run", *args)
+
+
+def short_user_error(result: subprocess.CompletedProcess, project: Path) -> str:
+    """Checks that a user error ended the run with one paragraph (exit code 1, at most 15
+    non-blank lines in all, no traceback, which is in the log file); returns the output on one
+    line."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert len([line for line in output.splitlines() if line.strip()]) <= 15, output
+    assert output.rstrip().splitlines()[-1].startswith("Error: ")
+    assert "Traceback" in (project / "fruits-pipeline.log").read_text()
+    return " ".join(output.split())
+
+
+def failed_before_spark(result: subprocess.CompletedProcess, project: Path) -> str:
+    """Checks that the run failed without starting Spark, with a short user error; returns
+    its output on one line."""
+    output = short_user_error(result, project)
+    # What a starting Spark driver prints (log4j's defaults and Hadoop's native-library check).
+    assert "Setting default log level" not in output
+    assert "NativeCodeLoader" not in output
+    return output
+
+
 class _RunnerLog(logging.Handler):
     """Keeps the messages of Kedro's runner ("Completed 3 out of 3 tasks"): the project's
     console handler writes to the real stderr, which Click's test runner does not capture."""
@@ -305,7 +333,7 @@ def spark_cluster(moto_server, tmp_path_factory):
     """A standalone Spark cluster for the session: a master and two 1-core workers, each its own
     JVM with its own HOME, TMPDIR, KERAS_HOME and work folder. The workers reach moto's S3 with
     the session's credentials, as nodes would with their instance profile."""
-    from fruits_pipeline.standalone_cluster import standalone_cluster
+    from tests.standalone_cluster import standalone_cluster
 
     with standalone_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
         yield cluster

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import (
     committed,
+    failed_before_spark,
     featurization_info,
     image_table,
     kedro,
@@ -22,7 +23,6 @@ from tests.conftest import (
     parquet,
     run_params,
 )
-from tests.test_preflight import failed_before_spark
 
 pytestmark = pytest.mark.pipeline
 

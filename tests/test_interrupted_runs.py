@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_preflight import kedro_run
+from tests.conftest import kedro_run
 
 pytestmark = pytest.mark.pipeline
 

@@ -5,37 +5,7 @@ These run the real `kedro` command in a fresh process, as a user would.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
-from tests.conftest import kedro_process
-
-
-def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return kedro_process(project, "run", *args)
-
-
-def short_user_error(result: subprocess.CompletedProcess, project: Path) -> str:
-    """Checks that a user error ended the run with one paragraph (exit code 1, at most 15
-    non-blank lines in all, no traceback, which is in the log file); returns the output on one
-    line."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert "Traceback" not in output
-    assert len([line for line in output.splitlines() if line.strip()]) <= 15, output
-    assert output.rstrip().splitlines()[-1].startswith("Error: ")
-    assert "Traceback" in (project / "fruits-pipeline.log").read_text()
-    return " ".join(output.split())
-
-
-def failed_before_spark(result: subprocess.CompletedProcess, project: Path) -> str:
-    """Checks that the run failed without starting Spark, with a short user error; returns
-    its output on one line."""
-    output = short_user_error(result, project)
-    # What a starting Spark driver prints (log4j's defaults and Hadoop's native-library check).
-    assert "Setting default log level" not in output
-    assert "NativeCodeLoader" not in output
-    return output
+from tests.conftest import failed_before_spark, kedro_run
 
 
 def test_default_location_without_images_says_where_to_put_the_data_set(project_copy):

@@ -13,7 +13,7 @@ from fruits_pipeline import mobilenet_v2
 from fruits_pipeline.datasets import FeatureModelDataset
 from fruits_pipeline.emr.cluster import Release, pipeline_step
 from fruits_pipeline.redaction import redact
-from tests.test_preflight import failed_before_spark, kedro_run
+from tests.conftest import failed_before_spark, kedro_run
 
 SIGNATURE = "X-Amz-Signature=0123456789abcdef"
 CREDENTIAL = "X-Amz-Credential=AKIAEXAMPLEEXAMPLE%2F20261201%2Feu-west-1%2Fs3%2Faws4_request"

@@ -10,8 +10,13 @@ import pyspark
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT, kedro_process, make_project_copy, project_config
-from tests.test_preflight import short_user_error
+from tests.conftest import (
+    PROJECT_ROOT,
+    kedro_process,
+    make_project_copy,
+    project_config,
+    short_user_error,
+)
 
 DELTA_DATASET = "fruits_pipeline.datasets.DeltaMergeDataset"
 # s3_encryption unset: no header, the bucket's default encryption applies.

@@ -3,7 +3,7 @@ N workers, each worker its own JVM with its own executors and Python workers, an
 ``HOME``, ``TMPDIR``, ``KERAS_HOME`` and work folder, so that nothing an executor needs can come
 from the driver's home or temporary folder by accident. Used by the fault tests, and by hand::
 
-    python -m fruits_pipeline.standalone_cluster --workers 2 --root /tmp/fruits-cluster
+    python -m tests.standalone_cluster --workers 2 --root /tmp/fruits-cluster
     kedro run --params spark_master=spark://127.0.0.1:<port>    # the URL it prints
 
 (docs/reliability.md). The cluster stops with Ctrl-C (or at the end of the ``with`` block).
