@@ -38,6 +38,8 @@ from tests.conftest import (
 from tests.moto_tls import https_moto_server
 from tests.s3_outputs import assert_complete_run, assert_encrypted
 
+pytestmark = pytest.mark.deployment
+
 PREFIX = "fruits-pipeline"
 KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/fruits-pipeline"
 # Stand-ins for the two commands of an EMR node the bootstrap action uses and this machine
@@ -351,12 +353,6 @@ def test_bootstrap_fails_when_a_wheel_is_missing(deployment):
     assert "numpy" in ran.stderr and "No matching distribution" in ran.stderr, ran.stderr[-2000:]
 
 
-def own_class_archive(deployment) -> dict[str, str]:
-    """The installed project's Spark is another set of jars, so its JVM writes its own class
-    archive: into the deployment's folder, not into the user's cache."""
-    return {"XDG_CACHE_HOME": str(deployment["install_dir"].parent / "cache")}
-
-
 def test_packaged_project_runs_locally_from_the_conf_archive(deployment, tiny_image_set, tmp_path):
     python = deployment["install_dir"] / "bin" / "python"
     # The release's exported model: the lean install has no TensorFlow to export Keras weights.
@@ -381,7 +377,6 @@ def test_packaged_project_runs_locally_from_the_conf_archive(deployment, tiny_im
             **os.environ,
             "SPARK_HOME": str(deployment["spark_home"]),
             "PYSPARK_PYTHON": str(python),
-            **own_class_archive(deployment),
         },
         capture_output=True,
         text=True,
@@ -452,7 +447,7 @@ def test_submitted_step_runs_the_pipelines_on_s3(deployment, tiny_image_set):
     ran = subprocess.run(
         command,
         cwd=workdir,
-        env={**environment, "PYSPARK_PYTHON": python, **own_class_archive(deployment)},
+        env={**environment, "PYSPARK_PYTHON": python},
         capture_output=True,
         text=True,
         timeout=1200,
@@ -529,7 +524,7 @@ def test_the_operator_policy_allows_every_call_the_commands_make():
     called = set(
         re.findall(
             r"(?:client|boto3\.client\(\"ec2\"[^)]*\))\.(\w+)\(",
-            (PROJECT_ROOT / "src" / "fruits_pipeline" / "cli.py").read_text(),
+            (PROJECT_ROOT / "src" / "fruits_pipeline" / "emr" / "commands.py").read_text(),
         )
     )
     policy = json.loads((PROJECT_ROOT / "docs" / "iam" / "operator-policy.json").read_text())
