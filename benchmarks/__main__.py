@@ -47,7 +47,6 @@ from benchmarks.runs import (
     measure_raw,
     replicate_images,
     run_child,
-    write_class_archive,
 )
 
 
@@ -92,18 +91,12 @@ def main() -> None:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     sizes = [int(size) for size in args.sizes.split(",")]
-    # Every run below reads the exported model and the JVM's class archive from their caches, as
-    # a user's second run does: their one-time cost is paid and shown apart.
+    # Every run below reads the exported model from its cache, as a user's second run does: its
+    # one-time cost is paid and shown apart.
     export, _ = run_child("export", args.weights)
     print(
         f"LiteRT model export: {export['seconds']:.1f} s "
         f"({'already in the cache' if export['was_cached'] else 'exported now'})",
-        flush=True,
-    )
-    class_archive = write_class_archive(Path(args.images), Path(args.weights))
-    print(
-        f"Spark's JVM class archive: {class_archive['state']}"
-        + (f", {class_archive['seconds']:.1f} s" if class_archive["seconds"] else ""),
         flush=True,
     )
     raw_runs: dict[int, list[dict]] = {size: [] for size in sizes}
@@ -154,7 +147,6 @@ def main() -> None:
     report = {
         "environment": environment(),
         "litert_export": {key: export[key] for key in ("seconds", "was_cached")},
-        "class_archive": class_archive,
         "repeat": args.repeat,
         "spark_floor": {key: round(value, 2) for key, value in spark_floor.items()},
         "results": results,

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.config import PROJECT_ROOT, base_config
+from benchmarks.config import PROJECT_ROOT
 
 # ----------------------------------------------------------------------------- data
 
@@ -117,44 +117,6 @@ def make_project(target: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- main
-
-CLASS_ARCHIVE_IMAGES = 64
-
-
-def write_class_archive(images: Path, weights: Path) -> dict:
-    """Writes the class archive of Spark's local JVM (fruits_pipeline.jvm_class_archive) with one
-    `kedro run` of the whole pipeline on a few images, unless the cache has it already."""
-    from fruits_pipeline.jvm_class_archive import with_class_archive
-
-    spark_config = base_config("spark")
-    mapping_config, to_write = with_class_archive(spark_config, write=True)
-    if to_write is None:
-        # Options added without one to write: the archive is there to map.
-        there = mapping_config != spark_config
-        state = "already in the cache" if there else "not used (needs Java 13+)"
-        return {"state": state, "seconds": 0.0}
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fruits-bench-archive-") as workdir:
-        image_dir = Path(workdir) / "images"
-        replicate_images(images, image_dir, CLASS_ARCHIVE_IMAGES)
-        ran = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kedro",
-                "run",
-                "--params",
-                f"raw_images_path={image_dir},featurization.weights={weights}",
-            ],
-            cwd=make_project(Path(workdir) / "project"),
-            env=child_environment(),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if ran.returncode != 0:
-            raise SystemExit(f"the run that writes the class archive failed:\n{ran.stderr[-4000:]}")
-    return {"state": "written now", "seconds": round(time.perf_counter() - started, 1)}
 
 
 def measure_raw(image_dir: Path, weights: Path) -> dict:

@@ -26,7 +26,7 @@ from fruits_pipeline.preflight import (
 )
 from fruits_pipeline.redaction import redact_logs
 from fruits_pipeline.run_lock import RunLock
-from fruits_pipeline.spark_session import create_spark_session, runs_whole_pipeline
+from fruits_pipeline.spark_session import create_spark_session
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +120,8 @@ class SparkHooks:
         self._spark_config = dict(context.config_loader["spark"])
 
     @hook_impl(trylast=True)
-    def before_pipeline_run(
-        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
-    ) -> None:
-        spark = create_spark_session(
-            self._spark_config, write_class_archive=runs_whole_pipeline(run_params)
-        )
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: CatalogProtocol) -> None:
+        spark = create_spark_session(self._spark_config)
         logger.info(
             "SparkSession ready: master %s, Spark %s, UI %s",
             spark.sparkContext.master,

@@ -12,7 +12,10 @@ from typing import Any
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
-from fruits_pipeline.jvm_class_archive import keep_when_complete, local_master, with_class_archive
+
+def local_master(spark_config: dict[str, Any]) -> bool:
+    """Whether the session runs its tasks in the driver's own JVM (``local``, ``local[*]``...)."""
+    return str(spark_config.get("spark.master", "")).startswith("local")
 
 
 def local_jvm_environment(spark_config: dict[str, Any]) -> dict[str, str]:
@@ -43,13 +46,9 @@ def _environment_for_children(variables: dict[str, str]) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
-def create_spark_session(
-    spark_config: dict[str, Any], write_class_archive: bool = False
-) -> SparkSession:
+def create_spark_session(spark_config: dict[str, Any]) -> SparkSession:
     """Builds (or returns the running) SparkSession with the settings of ``spark.yml``; a local
-    JVM maps the class archive of Spark's classes (``jvm_class_archive``), or writes it at exit
-    when there is none and ``write_class_archive``, and gets one native BLAS thread per task
-    slot (``local_jvm_environment``)."""
+    JVM gets one native BLAS thread per task slot (``local_jvm_environment``)."""
     # Spark's Python workers must run the interpreter that runs Kedro (same packages), not
     # whatever `python3` is first on PATH. The SparkContext reads it once, as its pythonExec,
     # and every Python UDF carries that path to the executors, which start their workers with
@@ -57,40 +56,13 @@ def create_spark_session(
     # installs at the same path on every node (the cluster's spark-env export says the same
     # for spark-submit and notebooks).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    archive_to_write = None
-    jvm_environment: dict[str, str] = {}
-    if SparkContext._gateway is None:  # JVM options only count for the JVM about to start
-        spark_config, archive_to_write = with_class_archive(spark_config, write_class_archive)
-        jvm_environment = local_jvm_environment(spark_config)
+    # JVM options only count for the JVM about to start.
+    jvm_environment = local_jvm_environment(spark_config) if SparkContext._gateway is None else {}
     # A null setting (e.g. in conf/emr/spark.yml) leaves the key to Spark's own defaults.
     spark_conf = SparkConf().setAll(
         [(key, str(value)) for key, value in spark_config.items() if value is not None]
     )
     with _environment_for_children(jvm_environment):
         spark = SparkSession.builder.config(conf=spark_conf).getOrCreate()
-    if archive_to_write is not None:
-        keep_when_complete(spark.sparkContext, archive_to_write)
     spark.sparkContext.setLogLevel("WARN")
     return spark
-
-
-# kedro run's options that run part of the pipelines.
-RUN_FILTERS = (
-    "tags",
-    "node_names",
-    "from_nodes",
-    "to_nodes",
-    "from_inputs",
-    "to_outputs",
-    "namespaces",
-    "only_missing_outputs",
-)
-
-
-def runs_whole_pipeline(run_params: dict[str, Any]) -> bool:
-    """Whether a run is the whole default pipeline (``kedro run`` without options that select
-    part of it): the run whose JVM loads every stage's classes, so the one that writes the class
-    archive. (Kedro loads only the pipelines a run names, so nodes cannot be compared with
-    ``__default__`` here.)"""
-    names = run_params.get("pipeline_names") or ["__default__"]
-    return names == ["__default__"] and not any(run_params.get(key) for key in RUN_FILTERS)
