@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from fruits_pipeline import mobilenet_v2
+from fruits_pipeline.projection import Projection
 
 
 def _jpeg_bytes(path: Path) -> bytes:
@@ -281,7 +282,8 @@ def test_an_exported_model_is_taken_as_weights_and_another_model_is_refused(
     mean, scale = rng.normal(size=1280), rng.uniform(0.5, 2.0, size=1280)
     components = rng.normal(size=(1280, 5)) / 40
     embedder = tmp_path / "embedder.tflite"
-    embedder.write_bytes(mobilenet_v2.export_embedder(model.litert, mean, scale, components))
+    projection = Projection(mean, scale, components)
+    embedder.write_bytes(mobilenet_v2.export_embedder(model.litert, projection))
     photos = sorted((sample_images / "Training" / "Banana Red").glob("*.jpg"))[:3]
     images = np.stack([mobilenet_v2.decode_image(path.read_bytes(), 10**6) for path in photos])
     features = mobilenet_v2.FeatureExtractor(model.litert, threads=1)(images)

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from fruits_pipeline import app_files, mobilenet_v2
+from fruits_pipeline.projection import Projection
 
 # Where `kedro run` writes the models (conf/base/catalog.yml), from the project root.
 DEFAULT_MODELS_DIR = Path("data") / "06_models"
@@ -33,19 +34,18 @@ class PhotoEmbedder:
         self._extractor = mobilenet_v2.FeatureExtractor(
             files[app_files.FEATURE_EXTRACTOR], threads=os.cpu_count() or 1
         )
-        arrays = app_files.npz_arrays(files[app_files.PCA_PROJECTION])
-        self._mean, self._scale = arrays["mean"], arrays["scale"]
-        self._components = arrays["components"]
+        self._projection = Projection.from_arrays(
+            app_files.npz_arrays(files[app_files.PCA_PROJECTION])
+        )
 
     @property
     def k(self) -> int:
-        return int(self._components.shape[1])
+        return self._projection.k
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Coordinates (N, k) of decoded images (N, 224, 224, 3) uint8, as Spark's scaler and
-        PCA compute them: in float64 from the float32 features."""
-        features = self._extractor(images).astype(np.float64)
-        return ((features - self._mean) * self._scale) @ self._components
+        """Coordinates (N, k) of decoded images (N, 224, 224, 3) uint8, as the pipeline
+        computes them: in float64 from the float32 features."""
+        return self._projection(self._extractor(images))
 
 
 def _photo_files(paths: Iterable[str | Path]) -> list[Path]:

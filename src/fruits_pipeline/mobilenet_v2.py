@@ -39,6 +39,8 @@ from fruits_pipeline.run_info import library_versions
 if TYPE_CHECKING:
     import keras
 
+    from fruits_pipeline.projection import Projection
+
 # Keep TensorFlow's C++ start-up chatter out of the pipeline's logs (it is set before TF loads).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -388,21 +390,21 @@ def load_feature_model(weights_source: str) -> FeatureModel:
     return FeatureModel(weights=weights, litert=export_litert(weights))
 
 
-def export_embedder(
-    feature_extractor: bytes, mean: np.ndarray, scale: np.ndarray, components: np.ndarray
-) -> bytes:
+def export_embedder(feature_extractor: bytes, projection: Projection) -> bytes:
     """One LiteRT model from a decoded image to its principal components: uint8 (N, 224, 224,
     3), as ``decode_image`` makes it, -> float32 (N, k).
 
-    The feature extractor, then ``(features - mean) @ (scale[:, None] * components)``: the
-    standardization folded into the projection, appended to the extractor's own graph
-    (``litert_graph``), so that neither TensorFlow nor a new export is needed. The mean is
-    subtracted before projecting, not folded into a bias, so that float32 keeps the pipeline's
-    precision; ``scale`` is 1/std, 0 for a constant feature, as Spark's StandardScaler does.
+    The feature extractor, then the ``projection``'s formula as
+    ``(features - mean) @ (scale[:, None] * components)``: the standardization folded into the
+    projection, appended to the extractor's own graph (``litert_graph``), so that neither
+    TensorFlow nor a new export is needed. The mean is subtracted before projecting, not folded
+    into a bias, so that float32 keeps the pipeline's precision.
     """
     from fruits_pipeline.litert_graph import append_projection
 
-    return append_projection(feature_extractor, mean, scale[:, None] * components)
+    return append_projection(
+        feature_extractor, projection.mean, projection.scale[:, None] * projection.components
+    )
 
 
 class FeatureExtractor:

@@ -27,6 +27,7 @@ from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import 
     project,
     standardized_pca,
 )
+from fruits_pipeline.projection import Projection
 from fruits_pipeline.run_info import library_versions
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def project_features(image_features: DataFrame, pca_model: PipelineModel) -> Dat
     computed with numpy (``standardized_pca.project``) rather than MLlib's per-row Java BLAS;
     ``path`` records the table version and the model it was projected from (``made_from``)."""
     rows = _featurized(image_features).select("path", "label", "features")
-    projected = project(rows, "features", PCA_FEATURES, **embedding_arrays(pca_model)).withColumn(
+    projected = project(rows, "features", PCA_FEATURES, embedding_projection(pca_model)).withColumn(
         PCA_FEATURES, array_to_vector(PCA_FEATURES)
     )
     # mapInArrow declares its output schema, so the table's stamp is carried over by hand.
@@ -235,28 +236,21 @@ def pca_columns(pca_features: DataFrame, pca_selection: dict[str, Any]) -> DataF
     )
 
 
-def embedding_arrays(pca_model: PipelineModel) -> dict[str, np.ndarray]:
-    """The scaler + PCA(k) as plain arrays, for embedding a photo without Spark: ``mean``,
-    ``scale`` (1/std, 0 for a constant feature, as Spark's StandardScaler) and ``components``
-    (1280 x k); a photo's coordinates are ``(features - mean) * scale @ components``."""
+def embedding_projection(pca_model: PipelineModel) -> Projection:
+    """The scaler + PCA(k) of ``pca_model`` as plain arrays, for projecting without MLlib."""
     scaler, pca = pca_model.stages
-    std = scaler.std.toArray()
-    scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
-    return {"mean": scaler.mean.toArray(), "scale": scale, "components": pca.pc.toArray()}
+    return Projection.from_std(scaler.mean.toArray(), scaler.std.toArray(), pca.pc.toArray())
 
 
 def export_embedding(pca_model: PipelineModel, feature_model: FeatureModel) -> dict[str, Any]:
     """What embeds one photo without Spark, as the pipeline would, as one set of files: the
     LiteRT feature extractor, the scaler + PCA(k) as plain arrays, and the app's embedder, one
     LiteRT file with the projection folded in (``mobilenet_v2.export_embedder``)."""
-    arrays = embedding_arrays(pca_model)
-    embedder = mobilenet_v2.export_embedder(
-        feature_model.litert, arrays["mean"], arrays["scale"], arrays["components"]
-    )
+    projection = embedding_projection(pca_model)
     return {
         app_files.FEATURE_EXTRACTOR: feature_model.litert,
-        app_files.PCA_PROJECTION: arrays,
-        app_files.EMBEDDER: embedder,
+        app_files.PCA_PROJECTION: projection.arrays(),
+        app_files.EMBEDDER: mobilenet_v2.export_embedder(feature_model.litert, projection),
     }
 
 

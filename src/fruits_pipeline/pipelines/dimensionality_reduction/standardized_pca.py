@@ -29,6 +29,8 @@ from pyspark.ml.wrapper import JavaWrapper
 from pyspark.sql import DataFrame
 from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
+from fruits_pipeline.projection import Projection
+
 # Rows folded into a partition's moments at a time: one float64 block of 2,048 x 1,280 (21 MB).
 _BLOCK_ROWS = 2048
 MOMENTS_SCHEMA = "images long, mean binary, cross_products binary"
@@ -170,27 +172,17 @@ def _signed(axes: np.ndarray) -> np.ndarray:
     return axes * np.where(signs == 0, 1.0, signs)
 
 
-def project(
-    rows: DataFrame,
-    column: str,
-    output: str,
-    *,
-    mean: np.ndarray,
-    scale: np.ndarray,
-    components: np.ndarray,
-) -> DataFrame:
+def project(rows: DataFrame, column: str, output: str, projection: Projection) -> DataFrame:
     """``rows`` with the ``array<float>`` column ``column`` (no nulls) replaced by ``output``,
-    ``((x - mean) * scale) @ components`` as ``array<double>``: what a StandardScalerModel
-    (mean, 1/std, 0 for a constant feature) then a PCAModel (``components``, 1280 x k) give."""
+    the ``projection`` of each row as ``array<double>``, batch by batch in numpy."""
     kept = [field for field in rows.schema.fields if field.name != column]
     schema = StructType([*kept, StructField(output, ArrayType(DoubleType(), False), False)])
-    k = components.shape[1]
+    k = projection.k
 
     def project_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             vectors = batch.column(column)
-            features = np.asarray(vectors.flatten()).reshape(len(vectors), -1)
-            coordinates = ((features - mean) * scale) @ components
+            coordinates = projection(np.asarray(vectors.flatten()).reshape(len(vectors), -1))
             offsets = np.arange(0, (len(vectors) + 1) * k, k, dtype=np.int32)
             projected = pa.ListArray.from_arrays(pa.array(offsets), pa.array(coordinates.ravel()))
             yield pa.RecordBatch.from_arrays(
