@@ -10,7 +10,7 @@ import fsspec
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
-from fruits_pipeline.datasets import FeatureModelDataset, ImageFolderDataset, MissingImagesError
+from fruits_pipeline.datasets import ImageFolderDataset, MissingImagesError
 from fruits_pipeline.errors import OtherStoreError, UserError
 from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold
 
@@ -56,8 +56,9 @@ def check_pipeline_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> None:
             )
     check_same_store(pipeline, catalog)
     if FEATURE_MODEL in pipeline.inputs():
-        # Loads the weights into the architecture and exports the model the workers run (cached
-        # for the nodes' own loads), so that a corrupt file or one for another model fails here.
+        # Loads the weights into the architecture and exports the model the workers run, so
+        # that a corrupt file or one for another model fails here; the catalog's CachedDataset
+        # hands this very model to the nodes.
         catalog.load(FEATURE_MODEL)
 
 
@@ -116,7 +117,7 @@ def check_intermediate_inputs(pipeline: Pipeline, catalog: CatalogProtocol) -> N
     finds empty (the image table and the PCA model of earlier runs)."""
     for name in _datasets_read(pipeline):
         dataset = catalog.get(name)
-        if isinstance(dataset, ImageFolderDataset | FeatureModelDataset):
+        if name == FEATURE_MODEL or isinstance(dataset, ImageFolderDataset):
             continue
         if not getattr(dataset, "none_when_missing", False) and not catalog.exists(name):
             raise MissingInputError(
