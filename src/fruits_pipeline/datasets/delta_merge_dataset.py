@@ -20,6 +20,10 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
 
     ``none_when_missing`` makes ``load`` return None, rather than fail, before the first save.
     A load reads the table's latest version and records it on the key column (``made_from``).
+    A save writes ``write_partitions`` files (default: one per task slot, Spark's default
+    parallelism): fewer writers write the table faster, and its readers open fewer files. The
+    save is the last reader of the rows it is given: a persisted DataFrame (the node computed
+    it once, for its counts and for this write) is released once written.
 
     Only Delta's SQL is used, not its Python package: the SQL needs nothing but Delta's jars,
     which EMR ships with its Spark, while the ``delta-spark`` Python package requires a pip
@@ -33,9 +37,11 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
         key: str = "path",
         delete_column: str = "_delete",
         none_when_missing: bool = False,
+        write_partitions: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._filepath = str(filepath)
+        self._write_partitions = write_partitions
         self._key = key
         self._delete_column = delete_column
         self.none_when_missing = none_when_missing
@@ -76,8 +82,14 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
         return table
 
     def save(self, data: DataFrame) -> None:
-        if data.isEmpty():
-            return
+        try:
+            if not data.isEmpty():
+                partitions = self._write_partitions or get_spark().sparkContext.defaultParallelism
+                self._apply(data.coalesce(int(partitions)))
+        finally:
+            data.unpersist()
+
+    def _apply(self, data: DataFrame) -> None:
         columns = [name for name in data.columns if name != self._delete_column]
         deleted = F.col(self._delete_column)
         if not self._is_table():
@@ -109,4 +121,8 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
         return self._is_table()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "key": self._key}
+        return {
+            "filepath": self._filepath,
+            "key": self._key,
+            "write_partitions": self._write_partitions,
+        }

@@ -310,58 +310,69 @@ def _planned_rows(image_changes: DataFrame) -> DataFrame:
     )
 
 
-def _run_model(
-    to_featurize: DataFrame,
-    image_store: ImageStore,
-    feature_model: mobilenet_v2.FeatureModel,
-    featurization: dict[str, Any],
-    images: int,
-    *,
-    partitions: int,
-) -> tuple[DataFrame, int, int, int]:
-    """Features (or a quarantine reason) for each of the ``images`` rows of ``to_featurize``,
-    computed once in ``partitions`` and persisted; how many of them the model received and how
-    many it featurized, counted from those results; and how many task attempts failed (and
-    were retried) while it ran.
-
-    The counts come from the results, not from the UDF's accumulator: Spark adds a shuffle map
-    task's accumulator updates again when it runs the task again (an executor lost after some
-    tasks finished loses their outputs and cached blocks), so the accumulator only drives the
-    progress log."""
-    spark = to_featurize.sparkSession
-    settings = WorkerSettings(
+def _worker_settings(feature_model: mobilenet_v2.FeatureModel, featurization: dict[str, Any]):
+    return WorkerSettings(
         weights_sha256=feature_model.id,
         inference_batch_size=int(featurization["inference_batch_size"]),
         max_image_pixels=int(featurization["max_image_pixels"]),
         inference_threads=int(featurization["inference_threads"]),
         decode_timeout_seconds=float(featurization["decode_timeout_seconds"]),
     )
-    images_received = spark.sparkContext.accumulator(0)
+
+
+def _model_results(
+    to_featurize: DataFrame,
+    image_store: ImageStore,
+    feature_model: mobilenet_v2.FeatureModel,
+    featurization: dict[str, Any],
+    images_received: Accumulator,
+    *,
+    partitions: int,
+) -> DataFrame:
+    """Features, or a quarantine reason, for each row of ``to_featurize``: its bytes read from
+    the store and sent through the model in ``partitions`` tasks (lazy: nothing runs yet)."""
+    spark = to_featurize.sparkSession
     to_model = to_featurize.join(image_store.contents(to_featurize), "path", "left").select(
         *IDENTITY, "content"
     )
     schema = StructType(to_model.select(*IDENTITY).schema.fields + FEATURIZATION_RESULT.fields)
     featurize = make_featurizer(
-        spark.sparkContext.broadcast(feature_model.litert), settings, images_received, schema
+        spark.sparkContext.broadcast(feature_model.litert),
+        _worker_settings(feature_model, featurization),
+        images_received,
+        schema,
     )
-    results = (
+    return (
         to_model.repartition(partitions)
         .mapInArrow(featurize, schema)
         .withColumn(DELETE_COLUMN, F.lit(False))
-        # Computed once: counted here, then merged into the table from this cache.
-        .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    # The model stage is the long one: a thread logs its progress while the count runs it.
+
+
+def _computed_once(changes: DataFrame, images: int, images_received: Accumulator) -> dict:
+    """Persists ``changes`` and counts its rows, which runs the model on the ``images`` rows
+    it holds, with a progress log; the table's MERGE then reads them from the cache and
+    releases it (``DeltaMergeDataset``). Returns the rows kept, featurized and quarantined
+    (features null), and the task attempts that failed and were retried.
+
+    The counts come from the rows, not from the UDF's accumulator: Spark adds a shuffle map
+    task's accumulator updates again when it runs the task again (an executor lost after some
+    tasks finished loses their outputs and cached blocks), so the accumulator only drives the
+    progress log."""
+    spark_context = changes.sparkSession.sparkContext
+    changes.persist(StorageLevel.MEMORY_AND_DISK)
+    kept = ~F.col(DELETE_COLUMN)
     with (
-        job_group(spark.sparkContext, "featurization: MobileNetV2") as group,
+        job_group(spark_context, "featurization: MobileNetV2") as group,
         progress_log(images_received, images),
     ):
-        counts = results.agg(F.count("*").alias("received"), F.count("features").alias("done"))
-        received, featurized = counts.first()
-    failed = failed_task_attempts(spark.sparkContext, group)
+        counts = changes.agg(
+            F.count(F.when(kept, 1)).alias("kept"), F.count("features").alias("featurized")
+        ).first()
+    failed = failed_task_attempts(spark_context, group)
     if failed:
         logger.warning("featurization: %d task attempts failed and were retried", failed)
-    return results, received, featurized, failed
+    return {**counts.asDict(), "attempts_failed": failed}
 
 
 def extract_features(
@@ -382,27 +393,40 @@ def extract_features(
     Returns:
         image_features: the rows to merge into the image table, keyed by path (label, length,
         modificationTime, model_id, features or a quarantine reason and its error class, and
-        ``_delete`` for the paths that left the store); featurization_info: the model and this
-        run's counts.
+        ``_delete`` for the paths that left the store), computed once and persisted;
+        featurization_info: the model and this run's counts.
     """
     started = time.perf_counter()
-    slots = _task_slots(image_changes.sparkSession.sparkContext, featurization)
+    spark_context = image_changes.sparkSession.sparkContext
     actions = {
         row["action"]: row["count"] for row in image_changes.groupBy("action").count().collect()
     }
+    to_model = actions.get(FEATURIZE, 0)
+    images_received = spark_context.accumulator(0)
     changes = _planned_rows(image_changes)
-    images_received = featurized = attempts_failed = 0
-    if actions.get(FEATURIZE):
-        results, images_received, featurized, attempts_failed = _run_model(
-            image_changes.where(F.col("action") == FEATURIZE),
-            image_store,
-            feature_model,
-            featurization,
-            actions[FEATURIZE],
-            partitions=_partitions(actions[FEATURIZE], slots, featurization),
+    if to_model:
+        slots = _task_slots(spark_context, featurization)
+        changes = changes.unionByName(
+            _model_results(
+                image_changes.where(F.col("action") == FEATURIZE),
+                image_store,
+                feature_model,
+                featurization,
+                images_received,
+                partitions=_partitions(to_model, slots, featurization),
+            )
         )
-        changes = changes.unionByName(results)
-    quarantined = actions.get(EMPTY, 0) + actions.get(UNLABELLED, 0) + images_received - featurized
+    changes = changes.withColumn("model_id", F.lit(feature_model.id))
+    # Without a model stage, the plan's rows are merged as they are: nothing to compute once.
+    counts = (
+        _computed_once(changes, to_model, images_received)
+        if to_model
+        else {"kept": actions.get(EMPTY, 0) + actions.get(UNLABELLED, 0), "featurized": 0}
+    )
+    # Kept rows are the planned quarantines (empty, unlabelled) and the model's results.
+    images_received = counts["kept"] - actions.get(EMPTY, 0) - actions.get(UNLABELLED, 0)
+    featurized = counts["featurized"]
+    quarantined = counts["kept"] - featurized
     seconds = time.perf_counter() - started
     logger.info(
         "Featurized %d new or changed images, quarantined %d, removed %d, in %.1f s",
@@ -426,9 +450,7 @@ def extract_features(
         "images_featurized": featurized,
         "images_quarantined": quarantined,
         "images_removed": actions.get(DELETE, 0),
-        "task_attempts_failed": attempts_failed,
+        "task_attempts_failed": counts.get("attempts_failed", 0),
         "seconds": round(seconds, 3),
     }
-    # One file per task slot, not one per model task: fewer writers write the table faster,
-    # and its readers open fewer files (docs/performance.md).
-    return changes.withColumn("model_id", F.lit(feature_model.id)).coalesce(slots), info
+    return changes, info
