@@ -142,6 +142,10 @@ def test_the_docs_say_what_the_managed_policy_needs():
     assert "aws iam add-role-to-instance-profile" in text
     assert "aws iam create-instance-profile" in text
     assert "EMRFS" not in text.replace("EMRFS no longer", "")
+    # The comment beside the line that sets PYSPARK_PYTHON says why EMR's executors need it.
+    source = (PROJECT_ROOT / "src" / "fruits_pipeline" / "spark_session.py").read_text()
+    comment = source[: source.index('os.environ.setdefault("PYSPARK_PYTHON"')].rsplit("\n\n", 1)[-1]
+    assert "executors" in comment and "EMR" in comment
 
 
 def test_untagged_subnets_groups_and_vpcs_are_named():

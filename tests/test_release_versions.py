@@ -55,3 +55,14 @@ def test_the_project_installs_on_the_releases_python():
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     requires = Requirement(f"python{project['requires-python']}").specifier
     assert Version(_emr_release()["python"]) in requires
+
+
+def test_the_python_claimed_is_the_one_the_code_and_emr_need():
+    """requires-python, ruff's target and the README name the same floor: the standard
+    library's datetime.UTC needs 3.11, and EMR 7's nodes run the release's Python."""
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    floor = Version(pyproject["project"]["requires-python"].removeprefix(">="))
+    assert floor >= Version("3.11")
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py{floor.major}{floor.minor}"
+    assert f"Python {floor.major}.{floor.minor}+" in (PROJECT_ROOT / "README.md").read_text()
+    assert Version(_emr_release()["python"]) >= floor
