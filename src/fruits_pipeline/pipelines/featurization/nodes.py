@@ -325,7 +325,7 @@ def _model_results(
     image_store: ImageStore,
     feature_model: mobilenet_v2.FeatureModel,
     featurization: dict[str, Any],
-    images_received: Accumulator,
+    progress: Accumulator,
     *,
     partitions: int,
 ) -> DataFrame:
@@ -339,7 +339,7 @@ def _model_results(
     featurize = make_featurizer(
         spark.sparkContext.broadcast(feature_model.litert),
         _worker_settings(feature_model, featurization),
-        images_received,
+        progress,
         schema,
     )
     return (
@@ -349,7 +349,7 @@ def _model_results(
     )
 
 
-def _computed_once(changes: DataFrame, images: int, images_received: Accumulator) -> dict:
+def _computed_once(changes: DataFrame, images: int, progress: Accumulator) -> dict:
     """Persists ``changes`` and counts its rows, which runs the model on the ``images`` rows
     it holds, with a progress log; the table's MERGE then reads them from the cache and
     releases it (``DeltaMergeDataset``). Returns the rows kept, featurized and quarantined
@@ -364,7 +364,7 @@ def _computed_once(changes: DataFrame, images: int, images_received: Accumulator
     kept = ~F.col(DELETE_COLUMN)
     with (
         job_group(spark_context, "featurization: MobileNetV2") as group,
-        progress_log(images_received, images),
+        progress_log(progress, images),
     ):
         counts = changes.agg(
             F.count(F.when(kept, 1)).alias("kept"), F.count("features").alias("featurized")
@@ -402,7 +402,7 @@ def extract_features(
         row["action"]: row["count"] for row in image_changes.groupBy("action").count().collect()
     }
     to_model = actions.get(FEATURIZE, 0)
-    images_received = spark_context.accumulator(0)
+    progress = spark_context.accumulator(0)  # images through the model, for the log only
     changes = _planned_rows(image_changes)
     if to_model:
         slots = _task_slots(spark_context, featurization)
@@ -412,14 +412,14 @@ def extract_features(
                 image_store,
                 feature_model,
                 featurization,
-                images_received,
+                progress,
                 partitions=_partitions(to_model, slots, featurization),
             )
         )
     changes = changes.withColumn("model_id", F.lit(feature_model.id))
     # Without a model stage, the plan's rows are merged as they are: nothing to compute once.
     counts = (
-        _computed_once(changes, to_model, images_received)
+        _computed_once(changes, to_model, progress)
         if to_model
         else {"kept": actions.get(EMPTY, 0) + actions.get(UNLABELLED, 0), "featurized": 0}
     )
