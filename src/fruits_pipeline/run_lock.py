@@ -32,6 +32,7 @@ import posixpath
 import socket
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -117,15 +118,24 @@ class _S3Object:
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
 
-    def create(self, content: bytes) -> str | None:
+    def _conditional(self, method: str, *, gone_fails: bool, **kwargs: Any) -> dict | None:
+        """S3's answer to a conditional request, or None when its condition failed: 412 (the
+        object is not at that version, or already exists), 409 (ConditionalRequestConflict:
+        another conditional write of the key is under way, and wins) and, with
+        ``gone_fails``, 404 (the object is gone)."""
         try:
-            return self._call("put_object", Body=content, IfNoneMatch="*")["ETag"]
+            return self._call(method, **kwargs)
+        except FileExistsError:
+            return None
         except OSError as error:
-            # 412: it exists; 409 (ConditionalRequestConflict): another create of the same key
-            # is under way, and will win.
-            if isinstance(error, FileExistsError) or _s3_status(error) in (409, 412):
+            gone = gone_fails and isinstance(error, FileNotFoundError)
+            if gone or _s3_status(error) in (409, 412):
                 return None
             raise
+
+    def create(self, content: bytes) -> str | None:
+        answer = self._conditional("put_object", gone_fails=False, Body=content, IfNoneMatch="*")
+        return None if answer is None else answer["ETag"]
 
     def read(self) -> tuple[bytes, str] | None:
         async def get() -> tuple[bytes, str]:
@@ -140,21 +150,11 @@ class _S3Object:
             return None
 
     def replace(self, content: bytes, tag: str) -> str | None:
-        try:
-            return self._call("put_object", Body=content, IfMatch=tag)["ETag"]
-        except OSError as error:
-            if isinstance(error, FileNotFoundError) or _s3_status(error) in (409, 412):
-                return None
-            raise
+        answer = self._conditional("put_object", gone_fails=True, Body=content, IfMatch=tag)
+        return None if answer is None else answer["ETag"]
 
     def delete(self, tag: str) -> bool:
-        try:
-            self._call("delete_object", IfMatch=tag)
-        except OSError as error:
-            if isinstance(error, FileNotFoundError) or _s3_status(error) in (409, 412):
-                return False
-            raise
-        return True
+        return self._conditional("delete_object", gone_fails=True, IfMatch=tag) is not None
 
 
 def _s3_status(error: OSError) -> int | None:
@@ -171,8 +171,9 @@ class _LocalFile:
         self._path = path
 
     @contextlib.contextmanager
-    def _locked(self):
-        """The open file, locked, if the path still names it; else None."""
+    def _locked(self, tag: str | None = None):
+        """The open file, locked, if the path still names it (and, with ``tag``, it still holds
+        that version); else None."""
         try:
             descriptor = os.open(self._path, os.O_RDWR)
         except FileNotFoundError:
@@ -184,20 +185,24 @@ class _LocalFile:
                 same = os.stat(self._path).st_ino == os.fstat(descriptor).st_ino
             except FileNotFoundError:
                 same = False
+            if same and tag is not None:
+                same = _read_all(descriptor).decode() == tag
             yield descriptor if same else None
         finally:
             os.close(descriptor)  # releases the flock
 
     def create(self, content: bytes) -> str | None:
+        # Written whole under another name, then linked into place: the link fails if the lock
+        # exists, and a reader never sees the file without its content.
+        staged = f"{self._path}.{uuid.uuid4().hex}.partial"
+        with open(staged, "wb") as file:
+            file.write(content)
         try:
-            descriptor = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(staged, self._path)
         except FileExistsError:
             return None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)  # readers wait for the content
-            os.write(descriptor, content)
         finally:
-            os.close(descriptor)
+            os.unlink(staged)
         return content.decode()
 
     def read(self) -> tuple[bytes, str] | None:
@@ -208,8 +213,8 @@ class _LocalFile:
         return content, content.decode()
 
     def replace(self, content: bytes, tag: str) -> str | None:
-        with self._locked() as descriptor:
-            if descriptor is None or _read_all(descriptor).decode() != tag:
+        with self._locked(tag) as descriptor:
+            if descriptor is None:
                 return None
             os.lseek(descriptor, 0, os.SEEK_SET)
             os.ftruncate(descriptor, 0)
@@ -217,8 +222,8 @@ class _LocalFile:
         return content.decode()
 
     def delete(self, tag: str) -> bool:
-        with self._locked() as descriptor:
-            if descriptor is None or _read_all(descriptor).decode() != tag:
+        with self._locked(tag) as descriptor:
+            if descriptor is None:
                 return False
             os.unlink(self._path)
         return True
@@ -249,7 +254,7 @@ def _lock_object(uri: str, fs_args: dict[str, Any] | None) -> _LockObject:
 class RunLock:
     """The lock of the outputs at ``uri``, for the run ``run_id``."""
 
-    # Attempts at a renewal in a row before the renewer only waits for the lease to run out.
+    # A failed renewal is tried again after a third of the renewal interval.
     RETRIES_PER_INTERVAL = 3
 
     def __init__(
@@ -285,19 +290,18 @@ class RunLock:
         if found is None:
             return None
         content, tag = found
-        try:
-            return Holder(**json.loads(content)), tag
-        except (ValueError, TypeError):  # a local lock being created: its bytes come next
-            return None
+        return Holder(**json.loads(content)), tag
 
     def acquire(self) -> None:
         """Takes the lock, or raises ConcurrentRunError naming the run that holds it."""
+        # Held from before the create: another run of this process must never find this
+        # run's new lock without it, and take it for a stale one.
+        _HELD.add(self._holder.run_id)
         for _ in range(3):
             content, lease_until = self._content()
             tag = self._object.create(content)
             if tag is not None:
                 self._tag, self._lease_until = tag, lease_until
-                _HELD.add(self._holder.run_id)
                 self._start_renewing()
                 logger.info("Run lock %s taken", self.uri)  # the log redacts URIs itself
                 return
@@ -311,6 +315,7 @@ class RunLock:
                 logger.warning(
                     "Taking over the lock of %s, which ended without releasing it", holder.run_id
                 )
+        _HELD.discard(self._holder.run_id)
         found = self._read()
         raise ConcurrentRunError(
             f"Another run is writing these outputs: {found[0].describe() if found else 'unknown'}"
@@ -343,8 +348,7 @@ class RunLock:
         def renew() -> None:
             wait = interval
             while self._lost is None and not self._stop_renewing.wait(wait):
-                if time.time() >= self._lease_until:
-                    self._lose("its lease ran out before it could be renewed")
+                if self._lease_ran_out():
                     return
                 try:
                     self._renew()
@@ -356,11 +360,15 @@ class RunLock:
         self._renewer = threading.Thread(target=renew, name="run-lock-lease", daemon=True)
         self._renewer.start()
 
-    def check(self) -> None:
-        """The fence: raises LockLostError once this run no longer holds the lock."""
+    def _lease_ran_out(self) -> bool:
+        """Whether the lease ran out before it was renewed (the lock is lost then)."""
         if self._lost is None and time.time() >= self._lease_until:
             self._lose("its lease ran out before it could be renewed")
-        if self._lost is not None:
+        return self._lost is not None
+
+    def check(self) -> None:
+        """The fence: raises LockLostError once this run no longer holds the lock."""
+        if self._lease_ran_out():
             raise LockLostError(
                 f"This run lost the lock of its outputs ({self._lost}), so it stopped before "
                 "writing anything more: another run may be writing them now. Run again once "
