@@ -138,7 +138,7 @@ def test_a_reader_never_mixes_the_app_files_of_two_runs(tmp_path):
     writer = threading.Thread(target=runs)
     writer.start()
     try:
-        sets = [set(read_app_files(folder).values()) for _ in range(200)]
+        sets = [set(read_app_files(LocalFileSystem(), folder).values()) for _ in range(200)]
     finally:
         writing.set()
         writer.join()
@@ -147,4 +147,4 @@ def test_a_reader_never_mixes_the_app_files_of_two_runs(tmp_path):
 
     (tmp_path / "models" / "b.npz").write_bytes(b"changed by hand")
     with pytest.raises(AppFilesError, match="do not match their app_files"):
-        read_app_files(folder)
+        read_app_files(LocalFileSystem(), folder)

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import time
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -62,10 +61,9 @@ def write_app_files(
         filesystem.mv(staged, f"{folder}/{name}")
 
 
-def read_app_files(folder: str, fs_args: dict[str, Any] | None = None) -> dict[str, bytes]:
-    """Every file of the set in ``folder`` (a path or URI), as one run wrote them."""
-    filesystem, root = fsspec.core.url_to_fs(str(folder), **(fs_args or {}))
-    root = root.rstrip("/")
+def read_app_files(filesystem: fsspec.AbstractFileSystem, folder: str) -> dict[str, bytes]:
+    """Every file of the set in ``folder``, as one run wrote them."""
+    root = folder.rstrip("/")
     for attempt in range(_READ_ATTEMPTS):
         try:
             manifest = filesystem.cat_file(f"{root}/{MANIFEST}")

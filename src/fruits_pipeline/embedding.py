@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -30,7 +31,7 @@ class PhotoEmbedder:
     of one run (``app_files``)."""
 
     def __init__(self, models_dir: str | Path) -> None:
-        files = app_files.read_app_files(str(models_dir))
+        files = app_files.read_app_files(*fsspec.core.url_to_fs(str(models_dir)))
         self._extractor = mobilenet_v2.FeatureExtractor(
             files[app_files.FEATURE_EXTRACTOR], threads=os.cpu_count() or 1
         )

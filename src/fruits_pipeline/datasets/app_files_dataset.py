@@ -32,12 +32,11 @@ class AppFilesDataset(AbstractDataset[dict[str, AppFile], dict[str, AppFile]]):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._folder = str(folder).rstrip("/")
-        self._fs_args = fs_args or {}
-        self._fs, self._path = fsspec.core.url_to_fs(self._folder, **self._fs_args)
+        self._fs, self._path = fsspec.core.url_to_fs(self._folder, **(fs_args or {}))
         self.metadata = metadata
 
     def load(self) -> dict[str, AppFile]:
-        files = read_app_files(self._folder, self._fs_args)
+        files = read_app_files(self._fs, self._path)
         return {
             name: npz_arrays(content) if name.endswith(".npz") else content
             for name, content in files.items()

@@ -352,8 +352,8 @@ def _model_results(
 def _computed_once(changes: DataFrame, images: int, progress: Accumulator) -> dict:
     """Persists ``changes`` and counts its rows, which runs the model on the ``images`` rows
     it holds, with a progress log; the table's MERGE then reads them from the cache and
-    releases it (``DeltaMergeDataset``). Returns the rows kept, featurized and quarantined
-    (features null), and the task attempts that failed and were retried.
+    releases it (``DeltaMergeDataset``). Returns how many rows are kept (not deleted), how
+    many have features, and how many task attempts failed and were retried.
 
     The counts come from the rows, not from the UDF's accumulator: Spark adds a shuffle map
     task's accumulator updates again when it runs the task again (an executor lost after some
@@ -417,14 +417,15 @@ def extract_features(
             )
         )
     changes = changes.withColumn("model_id", F.lit(feature_model.id))
+    # Kept rows are the planned quarantines (empty, unlabelled files) and the model's results.
+    planned_quarantines = actions.get(EMPTY, 0) + actions.get(UNLABELLED, 0)
     # Without a model stage, the plan's rows are merged as they are: nothing to compute once.
     counts = (
         _computed_once(changes, to_model, progress)
         if to_model
-        else {"kept": actions.get(EMPTY, 0) + actions.get(UNLABELLED, 0), "featurized": 0}
+        else {"kept": planned_quarantines, "featurized": 0}
     )
-    # Kept rows are the planned quarantines (empty, unlabelled) and the model's results.
-    images_received = counts["kept"] - actions.get(EMPTY, 0) - actions.get(UNLABELLED, 0)
+    images_received = counts["kept"] - planned_quarantines
     featurized = counts["featurized"]
     quarantined = counts["kept"] - featurized
     seconds = time.perf_counter() - started
