@@ -68,9 +68,9 @@ def emr_config(monkeypatch):
 def test_the_instance_profile_writes_every_output_and_never_the_release_or_photos(emr_config):
     policy = _policy("instance-profile-policy.json")
     catalog = emr_config["catalog"]
-    read_only = {"raw_images", "feature_model"}
+    read_only = {"raw_images", "feature_model", "image_table_history"}
     written = [
-        _s3_key(entry.get("filepath") or entry.get("folder") or entry["dataset"]["filepath"])
+        _s3_key(entry.get("filepath") or entry.get("path") or entry["dataset"]["filepath"])
         for name, entry in catalog.items()
         if isinstance(entry, dict) and "type" in entry and name not in read_only
     ]

@@ -18,7 +18,11 @@ from tests.conftest import (
     short_user_error,
 )
 
-DELTA_DATASET = "fruits_pipeline.datasets.DeltaMergeDataset"
+# Delta Lake's files are written and read by Spark alone (S3A's encryption settings).
+DELTA_DATASETS = {
+    "fruits_pipeline.datasets.DeltaMergeDataset",
+    "fruits_pipeline.datasets.DeltaHistoryDataset",
+}
 # s3_encryption unset: no header, the bucket's default encryption applies.
 BUCKET_DEFAULT = {"s3_additional_kwargs": {}}
 
@@ -46,13 +50,12 @@ def test_one_catalog_puts_every_dataset_under_its_environments_root(monkeypatch)
         config = project_config(env)
         assert config["parameters"]["run_lock"]["path"] == f"{root}run.lock"
         for name, entry in stored[env].items():
-            path = entry.get("filepath") or entry["folder"]
+            path = entry.get("filepath") or entry["path"]
             assert path.startswith(root), (env, name, path)
             relative = path.removeprefix(root)
             local = stored["local"][name]
-            assert relative == (local.get("filepath") or local["folder"]).removeprefix("data/")
-            # Delta Lake's files are written by Spark alone (S3A's encryption settings).
-            assert entry.get("fs_args") == (None if entry["type"] == DELTA_DATASET else fs_args)
+            assert relative == (local.get("filepath") or local["path"]).removeprefix("data/")
+            assert entry.get("fs_args") == (None if entry["type"] in DELTA_DATASETS else fs_args)
     emr = project_config("emr")["catalog"]
     assert emr["raw_images"]["path"] == "s3a://fruits-bucket/team/fruits/01_raw/fruits-360/"
 

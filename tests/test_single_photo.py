@@ -126,19 +126,24 @@ def test_a_reader_never_mixes_the_app_files_of_two_runs(tmp_path):
 
     folder, names = str(tmp_path / "models"), ["a.tflite", "b.npz", "c.tflite"]
     write_app_files(LocalFileSystem(), folder, {name: b"run 0" for name in names})
-    writing = threading.Event()
+    writing, written = threading.Event(), []
 
     def runs() -> None:
         run = 1
         while not writing.is_set():
             write_app_files(LocalFileSystem(), folder, {name: b"run %d" % run for name in names})
+            written.append(run)
             run += 1
             time.sleep(0.01)
 
     writer = threading.Thread(target=runs)
     writer.start()
+    sets, deadline = [], time.monotonic() + 60
     try:
-        sets = [set(read_app_files(LocalFileSystem(), folder).values()) for _ in range(200)]
+        # At least 200 reads, and at least three runs written meanwhile (a busy machine may
+        # give the writer's thread little time).
+        while (len(sets) < 200 or len(written) < 3) and time.monotonic() < deadline:
+            sets.append(set(read_app_files(LocalFileSystem(), folder).values()))
     finally:
         writing.set()
         writer.join()

@@ -407,10 +407,21 @@ def export_embedder(feature_extractor: bytes, projection: Projection) -> bytes:
     )
 
 
+def export_classifier(embedder: bytes, weights: np.ndarray, bias: np.ndarray) -> bytes:
+    """The app's classifier, one LiteRT model: the embedder (``export_embedder``) and a linear
+    classifier on its coordinates, ``softmax(coordinates @ weights.T + bias)`` (a multinomial
+    logistic regression's ``coefficientMatrix`` and ``interceptVector``). Decoded uint8 (N,
+    224, 224, 3) in; class probabilities (N, classes) and coordinates (N, k) out."""
+    from fruits_pipeline.litert_graph import append_classifier
+
+    return append_classifier(embedder, weights, bias)
+
+
 class FeatureExtractor:
     """Runs an exported model on batches of decoded images, uint8 (N, 224, 224, 3): the feature
-    extractor (-> (N, 1280) float32) or the app's embedder (-> (N, k)). Only LiteRT and numpy
-    are imported, never TensorFlow."""
+    extractor (-> (N, 1280) float32), the app's embedder (-> (N, k)) or the app's classifier
+    (``outputs``: probabilities (N, classes), coordinates (N, k)). Only LiteRT and numpy are
+    imported, never TensorFlow."""
 
     def __init__(self, litert_model: bytes, threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -418,10 +429,15 @@ class FeatureExtractor:
         self._model = litert_model  # the interpreter reads the buffer in place: keep it alive
         self._interpreter = Interpreter(model_content=litert_model, num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._outputs = [output["index"] for output in self._interpreter.get_output_details()]
         self._batch_size = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        """The model's first output."""
+        return self.outputs(images)[0]
+
+    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in the model's order."""
         batch = np.ascontiguousarray(images, dtype=np.uint8)
         if len(batch) != self._batch_size:
             # The model's batch dimension is dynamic: size the buffers for this batch.
@@ -430,4 +446,4 @@ class FeatureExtractor:
             self._batch_size = len(batch)
         self._interpreter.set_tensor(self._input, batch)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output)
+        return [self._interpreter.get_tensor(output) for output in self._outputs]

@@ -2,6 +2,7 @@
 
 from fruits_pipeline.datasets.app_files_dataset import AppFilesDataset
 from fruits_pipeline.datasets.committed_spark_dataset import CommittedSparkDataset
+from fruits_pipeline.datasets.delta_history_dataset import DeltaHistoryDataset
 from fruits_pipeline.datasets.delta_merge_dataset import DeltaMergeDataset
 from fruits_pipeline.datasets.feature_model_dataset import FeatureModelDataset
 from fruits_pipeline.datasets.image_folder_dataset import (
@@ -16,6 +17,7 @@ from fruits_pipeline.datasets.spark_ml_model_dataset import SparkMLModelDataset
 __all__ = [
     "AppFilesDataset",
     "CommittedSparkDataset",
+    "DeltaHistoryDataset",
     "DeltaMergeDataset",
     "FeatureModelDataset",
     "ImageFolderDataset",

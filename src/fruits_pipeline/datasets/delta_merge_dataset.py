@@ -12,6 +12,17 @@ from pyspark.sql import functions as F
 from fruits_pipeline.made_from import stamp
 
 
+def is_delta_table(filepath: str) -> bool:
+    """Delta's own check (a readable ``_delta_log``), from its Scala API: the jars' only door."""
+    spark = get_spark()
+    return spark._jvm.io.delta.tables.DeltaTable.isDeltaTable(spark._jsparkSession, filepath)
+
+
+def delta_table_name(filepath: str) -> str:
+    """The table at ``filepath`` as Delta's SQL names it."""
+    return "delta.`{}`".format(filepath.replace("`", "``"))
+
+
 class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
     """A Delta table keyed by ``key``. ``save(changes)`` applies the rows of ``changes`` in one
     ``MERGE`` transaction: a row whose ``delete_column`` is true removes the table's row with
@@ -49,14 +60,10 @@ class DeltaMergeDataset(AbstractDataset[DataFrame, DataFrame]):
 
     @property
     def _table_name(self) -> str:
-        return "delta.`{}`".format(self._filepath.replace("`", "``"))
+        return delta_table_name(self._filepath)
 
     def _is_table(self) -> bool:
-        # Delta's own check (a readable _delta_log), from its Scala API: the jars' only door.
-        spark = get_spark()
-        return spark._jvm.io.delta.tables.DeltaTable.isDeltaTable(
-            spark._jsparkSession, self._filepath
-        )
+        return is_delta_table(self._filepath)
 
     def _read(self) -> DataFrame | None:
         if not self._is_table():

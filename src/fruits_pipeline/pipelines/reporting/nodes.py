@@ -74,13 +74,74 @@ def refit_advice(pca_selection: dict[str, Any]) -> str | None:
     )
 
 
+def classification_section(info: dict[str, Any]) -> list[str]:
+    """The classifier in the run report: what this run did and why, the split, the accuracy
+    (beside the raw features'), the most confused pairs and the classes left out."""
+    lines = ["## Classification", ""]
+    if info["status"] == "skipped":
+        return [*lines, f"Skipped: {info['reason']}.", *_classes_left_out(info)]
+    done = "kept from an earlier run" if info["action"] == "keep" else "trained in this run"
+    scored = info["evaluation"]
+    lines += [
+        f"Classifier {done}: {info['reason']}.",
+        "",
+        f"Split: {info['split_rule']}.",
+        "",
+        "| features | top-1 | top-5 | training |",
+        "| --- | ---: | ---: | ---: |",
+        f"| PCA coordinates | {scored['top1_accuracy']:.2%} | {scored['top5_accuracy']:.2%} "
+        f"| {scored['training_seconds']:.1f} s |",
+    ]
+    raw = info.get("raw_features")
+    if raw:
+        lines.append(
+            f"| {raw['features']} | {raw['top1_accuracy']:.2%} | {raw['top5_accuracy']:.2%} "
+            f"| {raw['training_seconds']:.1f} s |"
+        )
+    lines += [
+        "",
+        f"{scored['photos']} evaluation photos, {len(info['classes'])} classes; the app's "
+        f"classifier was trained on {info['photos_trained_on']} photos.",
+    ]
+    if scored["most_confused"]:
+        lines += ["", "| true class | predicted as | photos |", "| --- | --- | ---: |"]
+        lines += [
+            f"| {pair['label']} | {pair['predicted']} | {pair['photos']} |"
+            for pair in scored["most_confused"]
+        ]
+    worst = sorted(
+        (recall, label)
+        for label, recall in scored["recall_per_class"].items()
+        if recall is not None and recall < 1
+    )[:10]
+    if worst:
+        lines += [
+            "",
+            "Lowest recall: " + ", ".join(f"{label} {recall:.1%}" for recall, label in worst),
+        ]
+    return lines + _classes_left_out(info)
+
+
+def _classes_left_out(info: dict[str, Any]) -> list[str]:
+    if not info["classes_left_out"]:
+        return []
+    return [
+        "",
+        "| class left out | why |",
+        "| --- | --- |",
+        *[f"| {label} | {why} |" for label, why in info["classes_left_out"].items()],
+    ]
+
+
 def write_run_report(
     pipeline_metrics: dict[str, Any],
     image_features: DataFrame,
     featurization_info: dict[str, Any],
     pca_selection: dict[str, Any],
+    classifier_info: dict[str, Any],
 ) -> str:
-    """A one-page Markdown report: counts, quarantine, k, variance, timings, weights, versions."""
+    """A one-page Markdown report: counts, quarantine, k, variance, the classifier, timings,
+    weights, versions."""
     reasons = (
         image_features.where(F.col("features").isNull())
         .groupBy("error_class", "reason")
@@ -123,6 +184,7 @@ def write_run_report(
         lines += [f"| {row['error_class']} | {row['reason']} | {row['count']} |" for row in reasons]
     else:
         lines.append("No image was quarantined.")
+    lines += ["", *classification_section(classifier_info)]
     lines += ["", "## Images per class", "", "| class | images |", "| --- | ---: |"]
     lines += [f"| {label} | {count} |" for label, count in metrics["images_per_class"].items()]
     lines += ["", "## Library versions", "", "| library | version |", "| --- | --- |"]

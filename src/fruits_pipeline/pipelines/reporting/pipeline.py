@@ -31,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "image_features",
                     "featurization_info",
                     "pca_selection",
+                    "classifier_info",
                 ],
                 outputs="run_report",
                 name="write_run_report",
