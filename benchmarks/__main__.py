@@ -7,10 +7,12 @@ replicated), then measures, each in a fresh process:
   plain Python using every core, at the best batch size, in the faster of two layouts: one
   process with one LiteRT thread per core (decoding in a thread pool, overlapped with inference),
   or one single-threaded process per core. This is the ceiling the pipeline is measured against;
-- pipeline: `ingestion`, `featurization` and `dimensionality_reduction` through Kedro and Spark
-  `local[*]` in one process, cold start (imports, JVM, Python workers, model load) included,
-  with the whole run broken down into start-up, ingestion, model, PCA, embedder, reports and
-  writes (Kedro hooks time every node, load and save);
+- pipeline: a default `kedro run` through Kedro and Spark `local[*]` in one process, cold start
+  (imports, JVM, Python workers, model load) included, with the whole run broken down into
+  start-up, ingestion, model, PCA, embedder, reports and writes (Kedro hooks time every node,
+  load and save); the classification pipeline on its own line, apart from the whole run's
+  ratio (the chain from ingestion to the reports); then, in a fresh process, the classifier's
+  accuracy, the similar-photo share and `classify_photos --similar 5` per photo;
 - Spark's floor: what any Spark pipeline pays around its model with this project's Spark
   settings (imports, the SparkSession, a first pandas UDF job; no Kedro, no file, no model), so
   that the targets on the ratio and the rate per core come with the most Spark could reach;
@@ -36,7 +38,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.children import export_child, floor_child, pipeline_child, raw_child
+from benchmarks.children import (
+    classifier_child,
+    export_child,
+    floor_child,
+    pipeline_child,
+    raw_child,
+)
 from benchmarks.config import DEFAULT_IMAGES, DEFAULT_WEIGHTS
 from benchmarks.growing_store import growing_store_targets, measure_growing_store
 from benchmarks.report import environment, print_table, steady_state, summarize_size, targets
@@ -57,6 +65,7 @@ def main() -> None:
         "--child-pipeline": pipeline_child,
         "--child-export": export_child,
         "--child-floor": floor_child,
+        "--child-classifier": classifier_child,
     }
     if len(sys.argv) > 1 and sys.argv[1] in children:
         return children[sys.argv[1]](*sys.argv[2:])

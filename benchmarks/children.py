@@ -20,6 +20,10 @@ RAW_BATCH_SIZES = (16, 32, 64, 128)
 # ----------------------------------------------------------------------------- children
 
 
+# Photos `fruits-features --classify --similar 5` is timed on, in one process (issue figure).
+LATENCY_PHOTOS = 3000
+
+
 def _raw_extractor(weights: str, threads: int):
     from fruits_pipeline import mobilenet_v2
 
@@ -278,3 +282,49 @@ def pipeline_child(
         for library in (netlib.blas.BLAS, netlib.lapack.LAPACK)
     )
     Path(result_file).write_text(json.dumps(stages))
+
+
+def classifier_child(project: str, images_dir: str, result_file: str) -> None:
+    """What the app gets from a finished run's classifier set: the evaluation's accuracy (the
+    run's own split: Training trains, Test evaluates), the share of the 5 nearest Training
+    photos that have a Test photo's label, and ``classify_photos(..., similar=5)`` on up to
+    LATENCY_PHOTOS photos in this fresh process, start-up (reading the set) included."""
+    import numpy as np
+
+    from fruits_pipeline import app_files
+    from fruits_pipeline.embedding import classify_photos
+    from fruits_pipeline.similar_photos import SimilarPhotos
+
+    info = json.loads((Path(project) / "data/06_models/classification.json").read_text())
+    figures: dict = {"status": info["status"]}
+    if info["status"] == "trained":
+        figures |= {
+            "top1_accuracy": info["evaluation"]["top1_accuracy"],
+            "top5_accuracy": info["evaluation"]["top5_accuracy"],
+            "evaluation_photos": info["evaluation"]["photos"],
+            "classes": len(info["classes"]),
+            "training_s": info["evaluation"]["training_seconds"],
+            "refit_s": info.get("refit_seconds"),
+        }
+    models = Path(project) / "data/06_models"
+    search = app_files.npz_arrays((models / app_files.SIMILAR_PHOTOS).read_bytes())
+    training = np.char.find(search["paths"], "/Training/") >= 0
+    test = np.char.find(search["paths"], "/Test/") >= 0
+    if training.any() and test.any():
+        store = SimilarPhotos(
+            search["paths"][training], search["labels"][training], search["coordinates"][training]
+        )
+        found = store.nearest(search["coordinates"][test], 5)
+        figures["similar5_same_label_share"] = float(
+            np.mean(store.labels[found] == search["labels"][test][:, None])
+        )
+    if info["status"] == "trained":
+        photos = sorted(Path(images_dir).rglob("*.jpg"))
+        photos = photos[:: max(1, len(photos) // LATENCY_PHOTOS)][:LATENCY_PHOTOS]
+        started = time.perf_counter()
+        answers = classify_photos(photos, models, similar=5)
+        figures["classify_similar5_ms_per_photo"] = (
+            1000 * (time.perf_counter() - started) / len(answers)
+        )
+        figures["classify_photos"] = len(answers)
+    Path(result_file).write_text(json.dumps(figures))

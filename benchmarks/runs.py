@@ -130,6 +130,7 @@ def measure_pipeline(image_dir: Path, weights: Path, project: Path, params: str)
     make_project(project)
     try:
         stages, memory = run_child("pipeline", str(project), str(image_dir), str(weights), params)
+        stages["classifier"], _ = run_child("classifier", str(project), str(image_dir))
     finally:
         shutil.rmtree(project, ignore_errors=True)
     return {
