@@ -35,7 +35,7 @@ PARAMETERS = {
     "min_training_photos": 5,
     "min_evaluation_photos": 1,
     "reg_param": 1e-5,
-    "max_iter": 30,
+    "max_iter": 100,
     "compare_raw_features": True,
     "refit_on_all_photos": True,
     "retrain_share": 0.05,
