@@ -209,9 +209,10 @@ def plan_training(
     return {**plan, "action": "train", "reason": reason}
 
 
-def _fit(rows: DataFrame, features: str, classes: list[str], classification: dict[str, Any]):
-    """An indexer of ``classes`` (alphabetical order: the model's output order) and MLlib's
-    multinomial logistic regression on ``features``, fitted on ``rows``; and its seconds."""
+def _fit(rows: DataFrame, features: str, classification: dict[str, Any]):
+    """An indexer of the rows' classes (alphabetical order: the model's output order) and
+    MLlib's multinomial logistic regression on ``features``, fitted on ``rows`` (of the
+    classifier's classes alone); and its seconds."""
     started = time.perf_counter()
     model = Pipeline(
         stages=[
@@ -228,8 +229,21 @@ def _fit(rows: DataFrame, features: str, classes: list[str], classification: dic
                 maxIter=classification["max_iter"],
             ),
         ]
-    ).fit(rows.where(F.col("label").isin(classes)))
+    ).fit(rows)
     return model, time.perf_counter() - started
+
+
+def _evaluated(
+    rows: DataFrame, features: str, classes: list[str], classification: dict[str, Any]
+) -> tuple[PipelineModel, dict[str, Any]]:
+    """The classifier fitted on the training rows of ``rows`` (of ``classes`` alone) and its
+    ``evaluation`` on their evaluation rows, with its training seconds."""
+    model, seconds = _fit(rows.where(F.col(SPLIT) == TRAINING), features, classification)
+    truth, probabilities = _scores(model, rows.where(F.col(SPLIT) == EVALUATION))
+    return model, {
+        **evaluation(truth, probabilities, classes),
+        "training_seconds": round(seconds, 3),
+    }
 
 
 def _scores(model: PipelineModel, rows: DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -290,16 +304,10 @@ def _raw_comparison(
     # Not persisted here: MLlib persists the rows it trains on (as blocks), and a second copy
     # of 1,280 doubles a photo would only take the heap.
     rows = _on_raw_features(labelled_photos.where(F.col("label").isin(classes)), image_features)
-    model, seconds = _fit(
-        rows.where(F.col(SPLIT) == TRAINING), "raw_features", classes, classification
-    )
-    truth, probabilities = _scores(model, rows.where(F.col(SPLIT) == EVALUATION))
-    scored = evaluation(truth, probabilities, classes)
+    _, scored = _evaluated(rows, "raw_features", classes, classification)
     return {
         "features": "raw (1,280 MobileNetV2 features)",
-        "top1_accuracy": scored["top1_accuracy"],
-        "top5_accuracy": scored["top5_accuracy"],
-        "training_seconds": round(seconds, 3),
+        **{key: scored[key] for key in ("top1_accuracy", "top5_accuracy", "training_seconds")},
     }
 
 
@@ -351,24 +359,18 @@ def train_classifier(
     classes = classifier_plan["classes"]
     rows = labelled_photos.where(F.col("label").isin(classes)).persist()
     try:
-        evaluated, seconds = _fit(
-            rows.where(F.col(SPLIT) == TRAINING), PCA_FEATURES, classes, classification
-        )
-        truth, probabilities = _scores(evaluated, rows.where(F.col(SPLIT) == EVALUATION))
-        info["evaluation"] = {
-            **evaluation(truth, probabilities, classes),
-            "training_seconds": round(seconds, 3),
-        }
+        evaluated, scored = _evaluated(rows, PCA_FEATURES, classes, classification)
+        info["evaluation"] = scored
         logger.info(
             "Classifier: top-1 %.4f, top-5 %.4f on %d evaluation photos, %d classes (%.1f s)",
-            info["evaluation"]["top1_accuracy"],
-            info["evaluation"]["top5_accuracy"],
-            truth.size,
+            scored["top1_accuracy"],
+            scored["top5_accuracy"],
+            scored["photos"],
             len(classes),
-            seconds,
+            scored["training_seconds"],
         )
         if classification["refit_on_all_photos"]:
-            classifier, refit_seconds = _fit(rows, PCA_FEATURES, classes, classification)
+            classifier, refit_seconds = _fit(rows, PCA_FEATURES, classification)
             info["refit_seconds"] = round(refit_seconds, 3)
         else:
             classifier = evaluated
