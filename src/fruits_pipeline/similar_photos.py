@@ -8,6 +8,8 @@ cosine found more same-fruit neighbours than the Euclidean distance on Fruits-36
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 # Query rows compared with the whole store at a time: bounds the (rows x store) scores matrix.
@@ -21,7 +23,6 @@ class SimilarPhotos:
         self.paths = np.asarray(paths, dtype=str)
         self.labels = np.asarray(labels, dtype=str)
         self.coordinates = np.asarray(coordinates, dtype=np.float32)
-        self._unit = _unit_rows(self.coordinates)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SimilarPhotos:
@@ -35,6 +36,12 @@ class SimilarPhotos:
             "coordinates": self.coordinates,
             **{name: np.asarray(value) for name, value in extra.items()},
         }
+
+    @cached_property
+    def _unit(self) -> np.ndarray:
+        """The coordinates scaled to unit length, made at the first search (the pipeline only
+        exports the arrays)."""
+        return _unit_rows(self.coordinates)
 
     def nearest(self, coordinates: np.ndarray, n: int) -> np.ndarray:
         """Indices (M, n) of the ``n`` stored photos most like each of the M query rows,
