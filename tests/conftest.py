@@ -316,6 +316,13 @@ def image_table(spark, project: Path):
     return spark.read.format("delta").load(str(project / "data" / "04_feature" / "image_features"))
 
 
+def coordinates(spark, project: Path):
+    """The coordinates table (Delta Lake) of a project copy: path, label, pca_features."""
+    return spark.read.format("delta").load(
+        str(project / "data" / "07_model_output" / "pca_features")
+    )
+
+
 def featurization_info(project: Path) -> dict:
     return json.loads((project / "data" / "04_feature" / "featurization_info.json").read_text())
 

@@ -66,16 +66,11 @@ def assert_complete_run(bucket: str, images: Path, prefix: str = "fruits-pipelin
     assert metrics["images_quarantined"] == 0
     assert sorted(metrics["images_per_class"]) == classes
 
-    # Through s3fs, as everything here: it trusts AWS_CA_BUNDLE (tests/moto_tls.py).
-    pca_features = pd.read_parquet(
-        committed("07_model_output/pca_features.parquet").removeprefix("s3://"),
-        filesystem=filesystem,
-    )
+    pca_features = coordinates_frame(f"s3://{root}/07_model_output/pca_features")
     assert len(pca_features) == image_count
     assert sorted(pca_features["label"].unique()) == classes
     assert pca_features["path"].str.startswith(f"s3a://{root}/01_raw/fruits-360/").all()
-    # A Spark ML dense vector, as parquet stores it: {type: 1, values: [...]}.
-    assert {len(vector["values"]) for vector in pca_features["pca_features"]} == {metrics["k"]}
+    assert {len(vector) for vector in pca_features["pca_features"]} == {metrics["k"]}
 
     components = [f"pc_{index:03d}" for index in range(1, metrics["k"] + 1)]
     csv_parts = filesystem.glob(committed("07_model_output/pca_features.csv") + "/part-*.csv")
@@ -91,3 +86,12 @@ def assert_complete_run(bucket: str, images: Path, prefix: str = "fruits-pipelin
     )
     assert_encrypted(bucket)
     return metrics
+
+
+def coordinates_frame(uri: str) -> pd.DataFrame:
+    """The coordinates table (Delta Lake) at ``uri`` on moto's S3, read by ``deltalake``."""
+    from deltalake import DeltaTable
+
+    # moto on 127.0.0.1: plain HTTP, or TLS with the tests' own certificate (tests/moto_tls.py).
+    options = {"AWS_ALLOW_HTTP": "true", "allow_invalid_certificates": "true"}
+    return DeltaTable(uri, storage_options=options).to_pandas()

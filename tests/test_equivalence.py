@@ -92,7 +92,7 @@ def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_feature
     from sklearn.preprocessing import StandardScaler as SklearnScaler
 
     image_features, by_path = spark_features
-    pca_model, selection = fit_pca(image_features, 0.9, "0" * 64)
+    pca_model, selection, _ = fit_pca(image_features, 0.9, "0" * 64)
     features = np.stack([by_path[path] for path in sorted(by_path)]).astype(np.float64)
     # MLlib's StandardScaler divides by the sample standard deviation (n - 1).
     standardized = SklearnScaler().fit_transform(features) * np.sqrt(
@@ -111,7 +111,7 @@ def test_pca_explained_variance_and_projections_equal_scikit_learn(spark_feature
     assert cumulative[expected_k - 1] >= 0.9 > cumulative[expected_k - 2]
 
     k = selection["k"]
-    projected = project_features(image_features, pca_model).collect()
+    projected = project_features(image_features, None, None, pca_model).collect()
     spark_projection = np.stack(
         [
             np.asarray(row["pca_features"])
@@ -144,7 +144,7 @@ def test_pca_model_equals_mllib_own_fit(spark):
         [(f"file:/x/A/{i}.jpg", "A", row.tolist()) for i, row in enumerate(features)],
         "path string, label string, features array<float>",
     ).repartition(3)
-    pca_model, selection = fit_pca(image_features, 0.9, "0" * 64)
+    pca_model, selection, _ = fit_pca(image_features, 0.9, "0" * 64)
     scaler, pca = pca_model.stages
     k = selection["k"]
 
@@ -175,19 +175,19 @@ def test_projection_equals_mllib_transform(spark):
         [(f"file:/x/A/{i}.jpg", "A", row.tolist()) for i, row in enumerate(features)],
         "path string, label string, features array<float>",
     ).repartition(3)
-    pca_model, _ = fit_pca(image_features, 0.9, "0" * 64)
+    pca_model, _, _ = fit_pca(image_features, 0.9, "0" * 64)
     assert pca_model.stages[0].std.toArray()[7] == 0
 
     from pyspark.ml.functions import array_to_vector
 
-    projected = project_features(image_features, pca_model).collect()
+    projected = project_features(image_features, None, None, pca_model).collect()
     ours = {row["path"]: row["pca_features"] for row in projected}
     vectors = image_features.withColumn("features_vector", array_to_vector("features"))
     mllib = pca_model.transform(vectors).select("path", "pca_features")
     theirs = {row["path"]: row["pca_features"] for row in mllib.collect()}
     assert ours.keys() == theirs.keys() and len(ours) == 600
     for path, coordinates in theirs.items():
-        np.testing.assert_allclose(ours[path].toArray(), coordinates.toArray(), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(ours[path], coordinates.toArray(), rtol=0, atol=1e-9)
 
 
 def test_pca_axes_do_not_depend_on_how_the_moments_were_summed():
@@ -203,3 +203,29 @@ def test_pca_axes_do_not_depend_on_how_the_moments_were_summed():
     np.testing.assert_allclose(other.components, whole.components, atol=1e-9)
     largest = np.abs(whole.components).argmax(axis=0)
     assert (whole.components[largest, np.arange(40)] > 0).all()
+
+
+def test_moments_updated_by_rows_added_and_taken_away_equal_a_full_recomputation():
+    """What a run keeps with the model instead of a pass over the table: the moments with new
+    rows merged and removed rows taken away, and the kept axes' share computed from them."""
+    from fruits_pipeline.projection import Projection
+
+    rng = np.random.default_rng(11)
+    # Large offsets and unequal spreads, as features have.
+    rows = rng.normal(size=(900, 24)) @ rng.normal(size=(24, 24)) * 3.0 + 1e3
+    kept, removed, added = rows[:700], rows[100:250], rows[700:]
+    updated = block_moments(kept).merge(block_moments(added)).subtract(block_moments(removed))
+    remaining = np.concatenate([rows[:100], rows[250:]])
+    expected = block_moments(remaining)
+    assert updated.images == expected.images == 750
+    np.testing.assert_allclose(updated.mean, expected.mean, rtol=1e-12)
+    np.testing.assert_allclose(updated.cross_products, expected.cross_products, rtol=1e-9)
+
+    fit = standardized_pca(block_moments(rows[:700]))
+    projection = Projection.from_std(fit.mean, fit.std, fit.components[:, :5])
+    standardized = (remaining - projection.mean) * projection.scale
+    share = (standardized @ projection.components).var(axis=0).sum() / standardized.var(
+        axis=0
+    ).sum()
+    assert updated.explained_share(projection) == pytest.approx(share, abs=1e-9)
+    assert block_moments(rows).subtract(block_moments(rows)).images == 0

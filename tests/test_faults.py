@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 
 import boto3
 import numpy as np
-import pandas as pd
 import pytest
 import s3fs
 import yaml
@@ -31,13 +30,14 @@ import yaml
 from tests import fault_injection
 from tests.conftest import (
     PROJECT_ROOT,
+    coordinates,
     create_bucket,
     featurization_info,
     image_table,
     make_project_copy,
-    parquet,
     run_params,
 )
+from tests.s3_outputs import coordinates_frame
 from tests.tcp_proxy import TroubledProxy
 
 pytestmark = pytest.mark.faults
@@ -123,8 +123,8 @@ def assert_same_outputs(spark, project: Path, clean: Path) -> None:
     assert metrics["images_in"] == metrics["images_featurized"] == images
     projected, clean_projected = (
         {
-            row["path"]: row["pca_features"].toArray()
-            for row in parquet(spark, folder, "07_model_output/pca_features.parquet").collect()
+            row["path"]: np.asarray(row["pca_features"])
+            for row in coordinates(spark, folder).collect()
         }
         for folder in (project, clean)
     )
@@ -283,13 +283,11 @@ def s3_outputs(bucket: str) -> dict:
     """A run's PCA features by image (class/file name), its metrics and featurization info."""
     filesystem = s3fs.S3FileSystem(skip_instance_cache=True)
     root = f"{bucket}/fruits-pipeline"
-    output = f"{root}/07_model_output/pca_features.parquet"
-    version = filesystem.cat_file(f"{output}/_COMMITTED").decode().strip()
-    table = pd.read_parquet(f"{output}/{version}", filesystem=filesystem)
+    table = coordinates_frame(f"s3://{root}/07_model_output/pca_features")
     prefix = f"s3a://{bucket}/{RAW}"
     return {
         "pca_features": {
-            path.removeprefix(prefix): np.asarray(vector["values"])
+            path.removeprefix(prefix): np.asarray(vector)
             for path, vector in zip(table["path"], table["pca_features"], strict=True)
         },
         "metrics": json.loads(filesystem.cat_file(f"{root}/08_reporting/metrics.json")),

@@ -14,13 +14,13 @@ import pytest
 
 from tests.conftest import (
     committed,
+    coordinates,
     failed_before_spark,
     featurization_info,
     image_table,
     kedro,
     kedro_process,
     make_project_copy,
-    parquet,
     run_params,
 )
 
@@ -47,28 +47,36 @@ class Step:
     selection: dict
     # The kept axes' share of the table's variance, computed here from the table's rows.
     share_from_rows: float
+    # Each featurized row's coordinates, projected here from the table's rows.
+    pca_from_rows: dict[str, np.ndarray]
+    # What the run printed.
+    output: str
 
 
 def _training(sample_images: Path, label: str) -> list[Path]:
     return sorted((sample_images / "Training" / label).glob("*.jpg"))
 
 
-def _record(spark, project: Path) -> Step:
+def _version(spark, table: Path) -> int:
+    return spark.sql(f"DESCRIBE HISTORY delta.`{table}` LIMIT 1").first()["version"]
+
+
+def _record(spark, project: Path, output: str) -> Step:
     import json
 
-    table_path = str(project / "data" / "04_feature" / "image_features")
     rows = image_table(spark, project).collect()
-    version = spark.sql(f"DESCRIBE HISTORY delta.`{table_path}` LIMIT 1").first()["version"]
+    version = _version(spark, project / "data" / "04_feature" / "image_features")
     pca = {
-        row["path"]: row["pca_features"].toArray()
-        for row in parquet(spark, project, "07_model_output/pca_features.parquet").collect()
+        row["path"]: np.asarray(row["pca_features"])
+        for row in coordinates(spark, project).collect()
     }
     csv = spark.read.option("header", True).csv(
         str(committed(project / "data/07_model_output/pca_features.csv"))
     )
     models = project / "data" / "06_models"
+    featurized = [row for row in rows if row["features"] is not None]
     with np.load(models / "pca_projection.npz") as projection:
-        features = np.asarray([row["features"] for row in rows if row["features"] is not None])
+        features = np.asarray([row["features"] for row in featurized])
         standardized = (features - projection["mean"]) * projection["scale"]
         projected = standardized @ projection["components"]
     outputs = project / "data" / "07_model_output"
@@ -80,11 +88,15 @@ def _record(spark, project: Path) -> Step:
         csv_paths=[row["path"] for row in csv.select("path").collect()],
         metrics=json.loads((project / "data/08_reporting/metrics.json").read_text()),
         pca_versions={
-            name: (outputs / name / "_COMMITTED").read_text()
-            for name in ("pca_features.parquet", "pca_features.csv")
+            "pca_features": _version(spark, outputs / "pca_features"),
+            "pca_features.csv": (outputs / "pca_features.csv" / "_COMMITTED").read_text(),
         },
         selection=json.loads((models / "pca_selection.json").read_text()),
         share_from_rows=projected.var(axis=0).sum() / standardized.var(axis=0).sum(),
+        pca_from_rows={
+            row["path"]: point for row, point in zip(featurized, projected, strict=True)
+        },
+        output=output,
     )
 
 
@@ -107,8 +119,7 @@ def history(spark, sample_images, weights_file, tmp_path_factory) -> dict:
     steps: dict = {"store": store, "project": project}
 
     def run(name: str, run_with: str = params) -> None:
-        kedro(project, "run", "--params", run_with)
-        steps[name] = _record(spark, project)
+        steps[name] = _record(spark, project, kedro(project, "run", "--params", run_with))
 
     run("first")
     run("again")
@@ -166,20 +177,48 @@ def test_the_first_run_featurizes_the_whole_store(history, weights_file):
     assert sorted(first.csv_paths) == sorted(first.pca) == sorted(first.table)
 
 
-def test_a_run_with_nothing_new_runs_the_model_on_nothing_and_commits_nothing(history):
+def test_a_run_with_nothing_new_ends_before_its_nodes_with_zero_counts(history):
     first, again = history["first"], history["again"]
-    assert again.info["images_sent_to_model"] == 0
+    assert again.info["images_sent_to_model"] == again.info["images_featurized"] == 0
     assert again.info["images_quarantined"] == again.info["images_removed"] == 0
+    assert again.info["images_in_store"] == first.info["images_in_store"]
     assert again.table_version == first.table_version, "no MERGE committed"
     assert again.table == first.table
-    assert again.metrics["pca_refit"] is False
-    for path, coordinates in first.pca.items():
-        np.testing.assert_array_equal(again.pca[path], coordinates)
-    # Made from the same table version and model: the PCA outputs are kept, not written again.
+    for path, point in first.pca.items():
+        np.testing.assert_array_equal(again.pca[path], point)
+    # No node ran: every output is the first run's.
     assert again.pca_versions == first.pca_versions
-    # ... and the kept axes' share of the table's variance is not measured again.
-    assert again.selection["made_from"] == first.selection["made_from"]
-    assert again.selection["seconds"] == 0
+    assert again.selection == first.selection
+    assert again.metrics == first.metrics
+    assert "Completed node" not in again.output
+
+
+def test_a_run_with_nothing_new_starts_no_jvm(history, monkeypatch):
+    # Any Spark start would fail: no Java where the environment points.
+    monkeypatch.setenv("JAVA_HOME", "/nonexistent")
+    project, last = history["project"], history["reweighted"]
+    params = run_params(history["store"], history["other_weights"])
+    news = f"Nothing new since table version {last.table_version}, {len(last.table)} photos"
+    for _ in range(2):
+        result = kedro_process(project, "run", "--params", params)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert news in output
+    assert featurization_info(project)["images_sent_to_model"] == 0
+    report = (project / "data/08_reporting/run_report.md").read_text()
+    assert report.split("\n\n")[1].startswith(news), "said first"
+    assert report.count("Nothing new since") == 1, "one line, however many idle runs"
+
+
+def test_the_coordinates_and_the_variance_share_equal_a_full_recomputation(history):
+    for name in ("first", "again", "added", "changed", "unchanged", "reweighted"):
+        step = history[name]
+        assert step.pca.keys() == step.pca_from_rows.keys(), name
+        for path, point in step.pca_from_rows.items():
+            np.testing.assert_allclose(step.pca[path], point, rtol=0, atol=1e-9)
+        assert step.selection["current_variance_explained"] == pytest.approx(
+            step.share_from_rows, abs=1e-6
+        ), name
 
 
 def test_new_photos_alone_reach_the_model_and_keep_the_axes(history):
@@ -321,5 +360,55 @@ def test_the_store_grows_on_s3_in_the_emr_environment(
     assert after["info"]["images_sent_to_model"] == len(later)
     assert after["metrics"]["images_in"] == after["metrics"]["images_featurized"] == len(images)
     assert after["metrics"]["pca_refit"] is False
+    # Nothing new: decided from S3 without a JVM (none could start: no Java there).
+    monkeypatch.setenv("JAVA_HOME", "/nonexistent")
+    idle = run()
+    assert idle["info"]["images_sent_to_model"] == idle["info"]["images_featurized"] == 0
+    assert idle["metrics"] == after["metrics"]
+    report = filesystem.cat_file(f"{root}/08_reporting/run_report.md").decode()
+    assert f"Nothing new since table version 1, {len(images)} photos" in report
     assert filesystem.ls(f"{root}/04_feature/image_features/_delta_log")
     assert_encrypted(s3_bucket)
+
+
+def _assert_consistent(step: Step) -> None:
+    """The coordinates are a full projection of the table, the CSV holds them, the kept axes'
+    share is a full recomputation's."""
+    assert step.pca.keys() == step.pca_from_rows.keys()
+    for path, point in step.pca_from_rows.items():
+        np.testing.assert_allclose(step.pca[path], point, rtol=0, atol=1e-9)
+    assert sorted(step.csv_paths) == sorted(step.pca)
+    assert step.selection["current_variance_explained"] == pytest.approx(
+        step.share_from_rows, abs=1e-6
+    )
+
+
+def test_a_run_stopped_half_way_is_repaired_by_the_next(spark, history, sample_images):
+    """The states a killed run leaves, made exactly: the image table merged but nothing after
+    it (a partial run), then the coordinates merged but their sources not yet recorded."""
+    project, store = history["project"], history["store"]
+    params = run_params(store, history["other_weights"])
+    shutil.copy2(_training(sample_images, "Avocado")[-3], store / "Avocado" / "late_1.jpg")
+    kedro(project, "run", "--pipelines", "ingestion,featurization", "--params", params)
+    stopped = _record(spark, project, "")
+    assert f"file:{store / 'Avocado/late_1.jpg'}" not in stopped.pca, "nothing after the MERGE"
+    repaired = _record(spark, project, kedro(project, "run", "--params", params))
+    assert "Completed node" in repaired.output, "the partial run voided the last run's stamp"
+    assert repaired.info["images_sent_to_model"] == 0, "the table already holds the photo"
+    _assert_consistent(repaired)
+
+    table = project / "data" / "07_model_output" / "pca_features"
+    sources = spark.sql(f"DESCRIBE DETAIL delta.`{table}`").first()["properties"]
+    shutil.copy2(_training(sample_images, "Avocado")[-4], store / "Avocado" / "late_2.jpg")
+    kedro(project, "run", "--params", params)
+    # Killed between the coordinates' MERGE and the commit of their sources: the property
+    # lags the rows, and the run never stamped its end.
+    lagging = sources["fruits_pipeline.made_from"].replace("'", "\\'")
+    spark.sql(
+        f"ALTER TABLE delta.`{table}` SET TBLPROPERTIES ('fruits_pipeline.made_from' = '{lagging}')"
+    )
+    (project / "data" / "08_reporting" / "last_run.json").write_text("{}")
+    again = _record(spark, project, kedro(project, "run", "--params", params))
+    assert "Completed node" in again.output
+    _assert_consistent(again)
+    assert f"file:{store / 'Avocado/late_2.jpg'}" in again.pca

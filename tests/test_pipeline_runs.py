@@ -15,7 +15,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import IMAGES_PER_CLASS, committed, image_table, kedro, parquet, run_params
+from tests.conftest import (
+    IMAGES_PER_CLASS,
+    committed,
+    coordinates,
+    image_table,
+    kedro,
+    run_params,
+)
 
 pytestmark = pytest.mark.pipeline
 
@@ -41,7 +48,7 @@ def _independent_k(features: np.ndarray, threshold: float) -> tuple[int, float]:
 
 
 def test_every_image_gets_one_row_with_its_label(spark, finished_run, small_image_set):
-    pca_features = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
+    pca_features = coordinates(spark, finished_run)
     rows = pca_features.collect()
     assert len(rows) == CLASSES * IMAGES_PER_CLASS
     paths = [row["path"].removeprefix("file:") for row in rows]
@@ -67,7 +74,7 @@ def test_k_and_variance_equal_an_independent_svd(spark, finished_run):
     metrics = json.loads((finished_run / "data/08_reporting/metrics.json").read_text())
     assert metrics["k"] == expected_k
     assert metrics["variance_explained"] == pytest.approx(expected_variance, abs=1e-6)
-    pca_features = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
+    pca_features = coordinates(spark, finished_run)
     assert {len(row["pca_features"]) for row in pca_features.collect()} == {expected_k}
 
 
@@ -78,7 +85,7 @@ def test_csv_has_path_label_and_one_column_per_component(spark, finished_run):
     assert len(csv) == CLASSES * IMAGES_PER_CLASS
     components = {
         row["path"]: np.asarray(row["pca_features"])
-        for row in parquet(spark, finished_run, "07_model_output/pca_features.parquet").collect()
+        for row in coordinates(spark, finished_run).collect()
     }
     for _, row in csv.iterrows():
         np.testing.assert_allclose(
@@ -119,10 +126,12 @@ def test_fitted_model_projects_new_features(spark, finished_run):
     ).load()
     assert (finished_run / "data/06_models/scaler_pca_model/_COMMITTED").exists()
     features = image_table(spark, finished_run)
-    saved = parquet(spark, finished_run, "07_model_output/pca_features.parquet")
-    expected = {row["path"]: row["pca_features"].toArray() for row in saved.collect()}
-    for row in project_features(features.limit(5), model).collect():
-        np.testing.assert_allclose(row["pca_features"].toArray(), expected[row["path"]], atol=1e-9)
+    saved = coordinates(spark, finished_run)
+    expected = {row["path"]: np.asarray(row["pca_features"]) for row in saved.collect()}
+    for row in project_features(features.limit(5), None, None, model).collect():
+        np.testing.assert_allclose(
+            np.asarray(row["pca_features"]), expected[row["path"]], atol=1e-9
+        )
 
 
 def _outputs(project: Path) -> dict[str, float]:
@@ -185,7 +194,7 @@ def test_from_nodes_reruns_only_the_nodes_downstream(finished_run):
     assert "Completed 9 out of 9 tasks" in output
     after = _outputs(finished_run)
     # The same table version and model as the committed projection and CSV: both are kept.
-    assert not _rewritten(before, after, "pca_features.parquet")
+    assert not _rewritten(before, after, "pca_features/")
     assert not _rewritten(before, after, "pca_features.csv")
     assert _rewritten(before, after, "pca_scatter.png")
     assert not _rewritten(before, after, "metrics.json")

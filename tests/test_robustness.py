@@ -140,7 +140,7 @@ def _features_frame(spark, features: np.ndarray):
 def test_pca_equals_an_exact_svd_in_degenerate_regimes(spark, kind):
     features = _degenerate(kind, np.random.default_rng(11))
     frame = _features_frame(spark, features)
-    _, selection = fit_pca(frame, 0.9, "0" * 64)
+    _, selection, _ = fit_pca(frame, 0.9, "0" * 64)
     expected = _exact_spectrum(features.astype(np.float64))
     assert np.abs(np.asarray(selection["explained_variance_ratio"]) - expected).max() <= 1e-6
     cumulative = np.cumsum(expected)
@@ -209,7 +209,7 @@ def test_the_kept_model_is_the_one_mllib_fits_with_the_chosen_k(spark, kind):
 
     features = _degenerate(kind, np.random.default_rng(5))
     frame = _features_frame(spark, features)
-    model, selection = fit_pca(frame, 0.9, "0" * 64)
+    model, selection, _ = fit_pca(frame, 0.9, "0" * 64)
     k = selection["k"]
     vectors = frame.withColumn("v", array_to_vector("features"))
     reference = Pipeline(

@@ -22,6 +22,7 @@ from tests.conftest import (
 DELTA_DATASETS = {
     "fruits_pipeline.datasets.DeltaMergeDataset",
     "fruits_pipeline.datasets.DeltaHistoryDataset",
+    "fruits_pipeline.datasets.DeltaChangeFeedDataset",
 }
 # s3_encryption unset: no header, the bucket's default encryption applies.
 BUCKET_DEFAULT = {"s3_additional_kwargs": {}}

@@ -1,6 +1,7 @@
 """Project hooks: once Kedro has configured logging, redact URIs from it (``redaction``); when a
-pipeline starts, check its inputs (``preflight``), take the outputs' lock (``run_lock``), then
-build the SparkSession (``spark_session``).
+pipeline starts, check its inputs (``preflight``), take the outputs' lock (``run_lock``), end
+the run there if it has nothing to do (``nothing_new``), then build the SparkSession
+(``spark_session``).
 
 Kedro calls ``before_pipeline_run`` outside the ``try`` that leads to ``on_pipeline_error``: a
 hook that fails there (a SparkSession that cannot start, a missing input of a partial run) ends
@@ -18,6 +19,7 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import CatalogProtocol
 from kedro.pipeline import Pipeline
 
+from fruits_pipeline.nothing_new import check_nothing_new, save_stamp
 from fruits_pipeline.preflight import (
     check_buckets,
     check_intermediate_inputs,
@@ -106,6 +108,25 @@ class RunLockHooks:
     @hook_impl
     def on_pipeline_error(self) -> None:
         self._release()
+
+
+class NothingNewHooks:
+    """Ends a run that has nothing to do before Spark starts (``nothing_new``), inside the
+    lock's wrapper, which releases the lock however this ends; stamps a complete run at its
+    end."""
+
+    @hook_impl(wrapper=True)
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
+    ):
+        check_nothing_new(pipeline, run_params, catalog)
+        return (yield)
+
+    @hook_impl
+    def after_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: CatalogProtocol
+    ) -> None:
+        save_stamp(pipeline, run_params, catalog)
 
 
 class SparkHooks:

@@ -1,5 +1,6 @@
 """`kedro run` as Kedro defines it, except that an error the user can fix is printed as its
-message alone: one paragraph, no traceback (which goes to the log file, fruits-pipeline.log)."""
+message alone: one paragraph, no traceback (which goes to the log file, fruits-pipeline.log),
+and that a run the hooks found nothing to do for (``nothing_new``) ends there, with success."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from kedro.config import MissingConfigException
 from omegaconf.errors import InterpolationResolutionError
 
 from fruits_pipeline.errors import UserError
+from fruits_pipeline.nothing_new import NothingNew
 from fruits_pipeline.redaction import redact
 
 logger = logging.getLogger(__name__)
@@ -32,11 +34,14 @@ def user_error(error: BaseException) -> BaseException | None:
 
 def with_short_user_errors(command: click.Command) -> click.Command:
     """``command`` with the same name, options and help, whose user errors end it with their
-    message and exit code 1."""
+    message and exit code 1; a run with nothing to do ends with exit code 0 and says so."""
 
     def callback(**options):
         try:
             return command.callback(**options)
+        except NothingNew as done:
+            logger.info("%s", done)
+            return None
         except Exception as error:
             cause = user_error(error)
             if cause is None:

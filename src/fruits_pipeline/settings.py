@@ -9,13 +9,21 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from fruits_pipeline import s3_encryption
-from fruits_pipeline.hooks import PreflightHooks, RedactionHooks, RunLockHooks, SparkHooks
+from fruits_pipeline.hooks import (
+    NothingNewHooks,
+    PreflightHooks,
+    RedactionHooks,
+    RunLockHooks,
+    SparkHooks,
+)
 
 # RedactionHooks redacts URIs (a presigned URL's signature) from the console and the log file.
 # When a pipeline run starts, PreflightHooks checks that its inputs (images, weights, S3
-# buckets) can be had, RunLockHooks takes the outputs' lock, and SparkHooks builds the
-# SparkSession from conf/<env>/spark.yml (in this order: tryfirst, trylast).
-HOOKS = (RedactionHooks(), PreflightHooks(), RunLockHooks(), SparkHooks())
+# buckets) can be had, RunLockHooks takes the outputs' lock, NothingNewHooks ends a run that
+# has nothing to do, and SparkHooks builds the SparkSession from conf/<env>/spark.yml (in this
+# order: tryfirst; pluggy calls the wrapper registered last first, so the lock's wraps
+# NothingNewHooks'; trylast).
+HOOKS = (RedactionHooks(), PreflightHooks(), NothingNewHooks(), RunLockHooks(), SparkHooks())
 
 # Kedro 1.7 registers its resolvers with OmegaConf's deprecated call: nothing a user can act on.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")

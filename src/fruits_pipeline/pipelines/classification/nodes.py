@@ -357,7 +357,12 @@ def train_classifier(
         return _no_classifier(), _no_classifier(), {**info, "seconds": 0.0}
     started = time.perf_counter()
     classes = classifier_plan["classes"]
-    rows = labelled_photos.where(F.col("label").isin(classes)).persist()
+    # MLlib's estimators take a vector; the coordinates table keeps plain arrays.
+    rows = (
+        labelled_photos.where(F.col("label").isin(classes))
+        .withColumn(PCA_FEATURES, array_to_vector(PCA_FEATURES))
+        .persist()
+    )
     try:
         evaluated, scored = _evaluated(rows, PCA_FEATURES, classes, classification)
         info["evaluation"] = scored
@@ -416,7 +421,7 @@ def plot_confusion_matrix(classifier_info: dict[str, Any]) -> Figure:
 
 def _coordinates(pca_features: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     frame = pca_features.select(
-        "path", "label", vector_to_array(PCA_FEATURES, "float32").alias("coordinates")
+        "path", "label", F.col(PCA_FEATURES).cast("array<float>").alias("coordinates")
     ).toPandas()
     return (
         frame["path"].to_numpy(dtype=str),

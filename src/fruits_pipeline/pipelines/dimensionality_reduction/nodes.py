@@ -11,17 +11,18 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 from pyspark.ml import PipelineModel
-from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.stat import Summarizer
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from fruits_pipeline import app_files, mobilenet_v2
+from fruits_pipeline.datasets import ChangeFeed
 from fruits_pipeline.errors import UserError
 from fruits_pipeline.explained_variance import MIN_IMAGES, check_threshold, choose_k
+from fruits_pipeline.image_table import DELETE_COLUMN
 from fruits_pipeline.made_from import made_from, stamp
 from fruits_pipeline.mobilenet_v2 import FeatureModel
 from fruits_pipeline.pipelines.dimensionality_reduction.standardized_pca import (
+    Moments,
     feature_moments,
     mllib_models,
     project,
@@ -40,12 +41,10 @@ class AccountingError(RuntimeError):
 FEATURES_VECTOR = "features_vector"
 SCALED = "scaled_features"
 PCA_FEATURES = "pca_features"
+# Delta's change data feed's _change_type values.
+INSERT, PREIMAGE, POSTIMAGE, DELETE = "insert", "update_preimage", "update_postimage", "delete"
 # A fitted model's uid starts with this and the first 16 hex digits of its feature model's id.
 PCA_UID_PREFIX = "fruits_pca_"
-
-
-def _feature_vectors(image_features: DataFrame) -> DataFrame:
-    return image_features.withColumn(FEATURES_VECTOR, array_to_vector("features"))
 
 
 def _featurized(image_features: DataFrame) -> DataFrame:
@@ -57,12 +56,27 @@ def _fitted_with(model: PipelineModel, model_id: str) -> bool:
     return model.uid.startswith(f"{PCA_UID_PREFIX}{model_id[:16]}_")
 
 
+def moments_record(moments: Moments, image_features: DataFrame) -> dict[str, Any]:
+    """The featurized rows' moments, as kept with the model: with the table version they
+    describe (plain arrays and numbers: the file outlives the class)."""
+    return {
+        "made_from": made_from(image_features),
+        "images": moments.images,
+        "mean": moments.mean,
+        "cross_products": moments.cross_products,
+    }
+
+
+def _moments(record: dict[str, Any]) -> Moments:
+    return Moments(int(record["images"]), record["mean"], record["cross_products"])
+
+
 def fit_pca(
     image_features: DataFrame, threshold: float, model_id: str
-) -> tuple[PipelineModel, dict[str, Any]]:
+) -> tuple[PipelineModel, dict[str, Any], dict[str, Any]]:
     """Standardization + PCA in one pass over the features (``standardized_pca``): the full
     spectrum chooses k, and its first k axes make the scaler + PCA(k) model kept for new images.
-    The model's uid names the feature model it was fitted on."""
+    The model's uid names the feature model it was fitted on; the moments are kept with it."""
     started = time.perf_counter()
     moments = feature_moments(_featurized(image_features), "features")
     if moments.images < MIN_IMAGES:
@@ -105,23 +119,47 @@ def fit_pca(
         )
     )
     model.uid = uid
-    return model, selection
+    return model, selection, moments_record(moments, image_features)
+
+
+def _rows_changed(changes: DataFrame, change_types: tuple[str, ...]) -> DataFrame:
+    return changes.where(F.col("_change_type").isin(*change_types))
+
+
+def updated_moments(
+    kept_feature_moments: dict[str, Any] | None,
+    image_features: DataFrame,
+    image_table_changes: ChangeFeed | None,
+) -> tuple[Moments, str]:
+    """The featurized rows' moments at the table's current version: the kept ones, with the
+    rows new or replaced since added and the removed and replaced rows' old features taken
+    away (Delta's change data feed); a pass over the whole table when they cannot be had so.
+    Also says how they were had."""
+    kept = (kept_feature_moments or {}).get("made_from") or {}
+    current = made_from(image_features) or {}
+    changes = None
+    if kept.get("table") == current.get("table") and image_table_changes is not None:
+        if kept.get("version") == current.get("version"):
+            return _moments(kept_feature_moments), "kept"
+        if kept.get("version") is not None:
+            changes = image_table_changes.since(int(kept["version"]))
+    if changes is None:
+        return feature_moments(_featurized(image_features), "features"), "one pass over the table"
+    changes = changes.where(F.col("features").isNotNull())
+    added = feature_moments(_rows_changed(changes, (INSERT, POSTIMAGE)), "features")
+    removed = feature_moments(_rows_changed(changes, (DELETE, PREIMAGE)), "features")
+    updated = _moments(kept_feature_moments).merge(added).subtract(removed)
+    how = f"updated: {added.images} rows added, {removed.images} taken away"
+    return updated, how
 
 
 def kept_axes_selection(
-    image_features: DataFrame, model: PipelineModel, threshold: float
+    moments: Moments, image_features: DataFrame, model: PipelineModel, threshold: float
 ) -> dict[str, Any]:
     """What the kept scaler + PCA(k) say of the current table: the share of its variance (in
-    the kept standardization) that the k kept axes explain, in one pass over the features."""
+    the kept standardization) that the k kept axes explain, from the table's moments."""
     started = time.perf_counter()
-    scaled = model.stages[0].transform(_feature_vectors(_featurized(image_features)))
-    projected = model.stages[1].transform(scaled)
-    summary = projected.select(
-        Summarizer.metrics("variance", "count").summary(F.col(SCALED)).alias("scaled"),
-        Summarizer.variance(F.col(PCA_FEATURES)).alias("kept"),
-    ).first()
-    total = float(np.sum(summary["scaled"]["variance"].toArray()))
-    share = float(np.sum(summary["kept"].toArray())) / total if total > 0 else 1.0
+    share = moments.explained_share(embedding_projection(model))
     ratios = model.stages[1].explainedVariance.toArray()
     logger.info(
         "PCA kept: its %d axes explain %.4f of the current table's variance (threshold %.2f)",
@@ -133,7 +171,7 @@ def kept_axes_selection(
         "refit": False,
         "pca_model": model.uid,
         "made_from": made_from(image_features),
-        "images": int(summary["scaled"]["count"]),
+        "images": moments.images,
         "feature_dim": model.stages[1].pc.numRows,
         "variance_threshold": threshold,
         "k": int(ratios.size),
@@ -179,56 +217,136 @@ def _still_current(
 
 
 def fit_or_keep_pca(
+    *,
     image_features: DataFrame,
+    image_table_changes: ChangeFeed | None,
     kept_pca_model: PipelineModel | None,
     kept_pca_selection: dict[str, Any] | None,
+    kept_feature_moments: dict[str, Any] | None,
     feature_model: FeatureModel,
     dimensionality_reduction: dict[str, Any],
-) -> tuple[PipelineModel, dict[str, Any]]:
+) -> tuple[PipelineModel, dict[str, Any], dict[str, Any]]:
     """Keeps the saved scaler + PCA(k), so that coordinates stay comparable from run to run,
     or fits them again: on request (``refit``), when none is saved, or when the saved one was
     fitted on another feature model's features. The kept axes' share of the table's variance
-    is measured again only when the table changed since the saved selection.
+    is measured again only when the table changed since the saved selection, from the table's
+    moments kept with the model and updated with the rows changed since (``updated_moments``).
 
     Returns:
-        pca_model (scaler + PCA(k)) and pca_selection: k, the spectrum, the share of the
-        current table's variance the axes explain, whether they were refitted, and the
-        table version and model they describe.
+        pca_model (scaler + PCA(k)), pca_selection (k, the spectrum, the share of the current
+        table's variance the axes explain, whether they were refitted, and the table version
+        and model they describe) and feature_moments (the table's, at its current version).
     """
     threshold = check_threshold(dimensionality_reduction["variance_threshold"])
     refit = dimensionality_reduction.get("refit")
     current = _still_current(
         kept_pca_selection, kept_pca_model, image_features, feature_model.id, threshold
     )
-    if current and not refit:
+    if current and not refit and kept_feature_moments is not None:
         logger.info("PCA kept: the image table has not changed since its last check")
-        return kept_pca_model, {**kept_pca_selection, "refit": False, "seconds": 0.0}
+        return (
+            kept_pca_model,
+            {**kept_pca_selection, "refit": False, "seconds": 0.0},
+            kept_feature_moments,
+        )
     check_one_feature_model(image_features, feature_model.id)
     if kept_pca_model is None or refit:
         return fit_pca(image_features, threshold, feature_model.id)
     if not _fitted_with(kept_pca_model, feature_model.id):
         logger.info("PCA refitted: the saved axes were fitted on other weights' features")
         return fit_pca(image_features, threshold, feature_model.id)
-    return kept_pca_model, kept_axes_selection(image_features, kept_pca_model, threshold)
+    started = time.perf_counter()
+    moments, how = updated_moments(kept_feature_moments, image_features, image_table_changes)
+    logger.info("Feature moments %s in %.1f s", how, time.perf_counter() - started)
+    selection = kept_axes_selection(moments, image_features, kept_pca_model, threshold)
+    selection["seconds"] = round(time.perf_counter() - started, 3)
+    return kept_pca_model, selection, moments_record(moments, image_features)
 
 
-def project_features(image_features: DataFrame, pca_model: PipelineModel) -> DataFrame:
-    """path, label and the k principal components of each featurized image (an ML vector),
-    computed with numpy (``standardized_pca.project``) rather than MLlib's per-row Java BLAS;
-    ``path`` records the table version and the model it was projected from (``made_from``)."""
-    rows = _featurized(image_features).select("path", "label", "features")
-    projected = project(rows, "features", PCA_FEATURES, embedding_projection(pca_model)).withColumn(
-        PCA_FEATURES, array_to_vector(PCA_FEATURES)
+def _latest_change(changes: DataFrame) -> DataFrame:
+    """Each path's last change in the feed (an update's after-image, an insert or a delete)."""
+    last = Window.partitionBy("path").orderBy(F.desc("_commit_version"))
+    return (
+        _rows_changed(changes, (INSERT, POSTIMAGE, DELETE))
+        .withColumn("_last", F.row_number().over(last))
+        .where(F.col("_last") == 1)
+    )
+
+
+def _coordinate_changes(
+    image_features: DataFrame,
+    image_table_changes: ChangeFeed | None,
+    kept_pca_features: DataFrame | None,
+    pca_model: PipelineModel,
+) -> tuple[DataFrame, DataFrame] | None:
+    """The rows whose coordinates change (path, label, features) and the paths whose
+    coordinates go, since the kept coordinates were made: None when every row must be
+    projected (no kept coordinates, other axes, or a feed that does not reach back)."""
+    kept = made_from(kept_pca_features) if kept_pca_features is not None else None
+    current = made_from(image_features) or {}
+    if (
+        not kept
+        or image_table_changes is None
+        or kept.get("pca_model") != pca_model.uid
+        or kept.get("table") != current.get("table")
+        or kept.get("version") is None
+    ):
+        return None
+    if kept["version"] == current.get("version"):
+        empty = image_features.select("path", "label", "features").limit(0)
+        return empty, empty.select("path")
+    changes = image_table_changes.since(int(kept["version"]))
+    if changes is None:
+        return None
+    latest = _latest_change(changes)
+    featurized = (F.col("_change_type") != DELETE) & F.col("features").isNotNull()
+    return (
+        latest.where(featurized).select("path", "label", "features"),
+        latest.where(~featurized).select("path"),
+    )
+
+
+def project_features(
+    image_features: DataFrame,
+    image_table_changes: ChangeFeed | None,
+    kept_pca_features: DataFrame | None,
+    pca_model: PipelineModel,
+) -> DataFrame:
+    """The coordinates table's changes: path, label and the k principal components (an array
+    of doubles) of each featurized image new or replaced since the kept coordinates were made,
+    and the paths that left the table or lost their features (``_delete``); of every featurized
+    image when the axes changed or nothing is kept. The projection is numpy's
+    (``standardized_pca.project``), not MLlib's per-row Java BLAS. ``path`` records the table
+    version and the model the coordinates are made from (``made_from``)."""
+    changed = _coordinate_changes(image_features, image_table_changes, kept_pca_features, pca_model)
+    if changed is None:
+        to_project = _featurized(image_features).select("path", "label", "features")
+        kept_paths = (
+            kept_pca_features.select("path")
+            if kept_pca_features is not None
+            else to_project.select("path").limit(0)
+        )
+        gone = kept_paths.join(to_project.select("path"), "path", "left_anti")
+    else:
+        to_project, gone = changed
+    projected = project(to_project, "features", PCA_FEATURES, embedding_projection(pca_model))
+    changes = projected.withColumn(DELETE_COLUMN, F.lit(False)).unionByName(
+        gone.select(
+            "path",
+            F.lit(None).cast("string").alias("label"),
+            F.lit(None).cast(projected.schema[PCA_FEATURES].dataType).alias(PCA_FEATURES),
+            F.lit(True).alias(DELETE_COLUMN),
+        )
     )
     # mapInArrow declares its output schema, so the table's stamp is carried over by hand.
     sources = made_from(image_features) or {}
-    return stamp(projected, "path", **sources, pca_model=pca_model.uid)
+    return stamp(changes, "path", **sources, pca_model=pca_model.uid)
 
 
 def pca_columns(pca_features: DataFrame, pca_selection: dict[str, Any]) -> DataFrame:
     """One column per component (pc_001 ... pc_k), as CSV wants: path, label, pc_001, ..."""
     k = int(pca_selection["k"])
-    components = vector_to_array(PCA_FEATURES)
+    components = F.col(PCA_FEATURES)
     return pca_features.select(
         "path",
         "label",

@@ -17,19 +17,21 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=fit_or_keep_pca,
-                inputs=[
-                    "image_features",
-                    "kept_pca_model",
-                    "kept_pca_selection",
-                    "feature_model",
-                    "params:dimensionality_reduction",
-                ],
-                outputs=["pca_model", "pca_selection"],
+                inputs={
+                    "image_features": "image_features",
+                    "image_table_changes": "image_table_changes",
+                    "kept_pca_model": "kept_pca_model",
+                    "kept_pca_selection": "kept_pca_selection",
+                    "kept_feature_moments": "kept_feature_moments",
+                    "feature_model": "feature_model",
+                    "dimensionality_reduction": "params:dimensionality_reduction",
+                },
+                outputs=["pca_model", "pca_selection", "feature_moments"],
                 name="fit_or_keep_pca",
             ),
             Node(
                 func=project_features,
-                inputs=["image_features", "pca_model"],
+                inputs=["image_features", "image_table_changes", "kept_pca_features", "pca_model"],
                 outputs="pca_features",
                 name="project_features",
             ),

@@ -60,6 +60,33 @@ class Moments(NamedTuple):
         )
         return Moments(images, mean, cross_products)
 
+    def subtract(self, other: Moments) -> Moments:
+        """The moments of this set without ``other``, a subset of it: ``merge`` undone."""
+        if other.images == 0:
+            return self
+        images = self.images - other.images
+        if images <= 0:
+            return _NO_MOMENTS
+        mean = (self.mean * self.images - other.mean * other.images) / images
+        delta = other.mean - mean
+        cross_products = (
+            self.cross_products
+            - other.cross_products
+            - np.outer(delta, delta) * (images * other.images / self.images)
+        )
+        return Moments(images, mean, cross_products)
+
+    def explained_share(self, projection: Projection) -> float:
+        """The share of these vectors' variance, once standardized by ``projection``'s scaler,
+        that its k axes explain: trace(A^T S C S A) / trace(S C S), C the covariance, S the
+        scaling, A the axes (what a pass over the rows with MLlib's Summarizer measured)."""
+        standardized = self.cross_products * np.outer(projection.scale, projection.scale)
+        total = float(np.trace(standardized))
+        if total <= 0:
+            return 1.0
+        axes = projection.components
+        return float(np.einsum("ij,ij->", axes, standardized @ axes)) / total
+
 
 # The moments of no vector: what merging starts from.
 _NO_MOMENTS = Moments(0, np.zeros(0), np.zeros((0, 0)))

@@ -6,7 +6,6 @@ from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -36,7 +35,7 @@ def plot_pca_scatter(pca_features: DataFrame, pca_selection: dict[str, Any]) -> 
         if total <= SCATTER_POINTS
         else pca_features.sample(SCATTER_POINTS / total, seed=0)
     )
-    components = vector_to_array("pca_features")
+    components = F.col("pca_features")
     # Through Arrow into one frame, grouped by label once, rather than a scan of every Row per
     # class (docs/performance.md).
     points = sample.select(
