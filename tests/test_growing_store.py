@@ -205,6 +205,7 @@ def test_a_run_with_nothing_new_starts_no_jvm(history, monkeypatch):
         assert result.returncode == 0, output
         assert news in output
     assert featurization_info(project)["images_sent_to_model"] == 0
+    assert not (project / "data" / "run.lock").exists(), "the run lock is released"
     report = (project / "data/08_reporting/run_report.md").read_text()
     assert report.split("\n\n")[1].startswith(news), "said first"
     assert report.count("Nothing new since") == 1, "one line, however many idle runs"
