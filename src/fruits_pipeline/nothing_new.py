@@ -31,6 +31,7 @@ from kedro.io import CatalogProtocol, MemoryDataset
 from kedro.pipeline import Pipeline
 
 from fruits_pipeline.datasets import DeltaChangeFeedDataset, DeltaHistoryDataset, DeltaMergeDataset
+from fruits_pipeline.made_from import made_from
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,17 @@ class TableState:
 
 
 def _storage_options(uri: str) -> dict[str, str]:
-    # delta-rs reads the AWS chain (environment, profile, instance) like the SDKs; an S3 API
-    # given as a plain-HTTP endpoint (AWS_ENDPOINT_URL) must be allowed explicitly.
-    if uri.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL", "").startswith(
-        "http://"
-    ):
-        return {"AWS_ALLOW_HTTP": "true"}
-    return {}
+    """delta-rs's options for ``uri``: it reads the AWS chain (environment, profile, instance)
+    like the SDKs. Its default retries last 3 minutes; a check that cannot reach S3 should give
+    up in seconds and let the run run."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    options = {"connect_timeout": "5s", "timeout": "30s"}
+    options |= {"max_retries": "2", "retry_timeout": "10s"}
+    # An S3 API given as a plain-HTTP endpoint (AWS_ENDPOINT_URL) must be allowed explicitly.
+    if os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options["AWS_ALLOW_HTTP"] = "true"
+    return options
 
 
 def _table_uri(filepath: str) -> str:
@@ -210,9 +215,13 @@ def save_stamp(pipeline: Pipeline, run_params: dict[str, Any], catalog: CatalogP
     with to find nothing new."""
     if not whole_default_run(run_params):
         return
-    table = delta_table(catalog.get(IMAGE_TABLE).filepath)
-    images = catalog.load(FEATURIZATION_INFO)["images_in_store"]
-    catalog.save(LAST_RUN, run_stamp(pipeline, catalog, table.version(), images))
+    try:
+        # The version the run ended at, read through the run's own Spark (its load's stamp).
+        version = made_from(catalog.load(IMAGE_TABLE))["version"]
+        images = catalog.load(FEATURIZATION_INFO)["images_in_store"]
+        catalog.save(LAST_RUN, run_stamp(pipeline, catalog, version, images))
+    except Exception as error:  # noqa: BLE001 - without a stamp, the next run only runs
+        logger.warning("The run's stamp could not be written (%s): the next run runs.", error)
 
 
 def check_nothing_new(
