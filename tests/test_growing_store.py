@@ -413,3 +413,11 @@ def test_a_run_stopped_half_way_is_repaired_by_the_next(spark, history, sample_i
     assert "Completed node" in again.output
     _assert_consistent(again)
     assert f"file:{store / 'Avocado/late_2.jpg'}" in again.pca
+
+    # The image table deleted (as the message for another store suggests) and made again from
+    # version 0: the kept coordinates' and moments' versions are not taken for its own.
+    shutil.rmtree(project / "data" / "04_feature" / "image_features")
+    remade = _record(spark, project, kedro(project, "run", "--params", params))
+    assert remade.table_version == 0
+    assert remade.info["images_sent_to_model"] == len(remade.pca)
+    _assert_consistent(remade)

@@ -117,3 +117,17 @@ def test_a_commit_keeps_the_version_before_it_for_readers_still_reading(tmp_path
     kept = sorted(path.name for path in (tmp_path / "out").iterdir())
     assert kept == sorted(["_COMMITTED", versions[-1], last])
     assert folder.read_committed("part-0") == b"run 3"
+
+
+def test_a_change_feed_holds_only_the_versions_of_the_same_table():
+    from fruits_pipeline.datasets import ChangeFeed
+
+    feed = ChangeFeed("s3a://b/p/04_feature/image_features", 2, {0: "t0", 1: "t1", 2: "t2"})
+    version_1 = {"table": feed.filepath, "version": 1, "committed": "t1"}
+    assert feed.holds(version_1)
+    assert feed.holds({**version_1, "pca_model": "fruits_pca_x"}), "other sources do not matter"
+    # The table deleted and made again: version 1 exists, committed at another time.
+    assert not feed.holds({**version_1, "committed": "t1 of the table before"})
+    assert not feed.holds({**version_1, "version": 3, "committed": "t3"}), "not reached yet"
+    assert not feed.holds({**version_1, "table": "data/04_feature/image_features"})
+    assert not feed.holds({})

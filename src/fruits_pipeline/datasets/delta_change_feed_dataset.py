@@ -3,7 +3,8 @@ before and after."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from kedro_datasets._utils.spark_utils import get_spark
 from pyspark.errors import AnalysisException
@@ -15,10 +16,23 @@ from fruits_pipeline.datasets.delta_merge_dataset import is_delta_table
 
 @dataclass(frozen=True)
 class ChangeFeed:
-    """The change data feed of the table at ``filepath``, whose latest version is ``version``."""
+    """The change data feed of the table at ``filepath``, whose latest version is ``version``;
+    ``commits`` gives each version's commit time, as a load's ``made_from`` records it."""
 
     filepath: str
     version: int
+    commits: dict[int, str] = field(repr=False)
+
+    def holds(self, sources: dict[str, Any]) -> bool:
+        """Whether ``sources`` (a ``made_from``) names a version of this very table: the same
+        path, a version its history holds, committed at the time recorded (a table deleted
+        and made again restarts its versions)."""
+        version = sources.get("version")
+        return (
+            sources.get("table") == self.filepath
+            and version in self.commits
+            and self.commits[version] == sources.get("committed")
+        )
 
     def since(self, version: int) -> DataFrame | None:
         """The table's rows changed after ``version`` up to ``self.version``, as Delta's change
@@ -49,5 +63,9 @@ class DeltaChangeFeedDataset(_DeltaPastDataset):
     def load(self) -> ChangeFeed | None:
         if not is_delta_table(self._filepath):
             return None
-        latest = get_spark().sql(f"DESCRIBE HISTORY {self._table_name} LIMIT 1").first()
-        return ChangeFeed(self._filepath, int(latest["version"]))
+        history = get_spark().sql(f"DESCRIBE HISTORY {self._table_name}")
+        commits = {
+            int(row["version"]): row["timestamp"].isoformat()
+            for row in history.select("version", "timestamp").collect()
+        }
+        return ChangeFeed(self._filepath, max(commits), commits)

@@ -138,11 +138,10 @@ def updated_moments(
     kept = (kept_feature_moments or {}).get("made_from") or {}
     current = made_from(image_features) or {}
     changes = None
-    if kept.get("table") == current.get("table") and image_table_changes is not None:
-        if kept.get("version") == current.get("version"):
+    if image_table_changes is not None and image_table_changes.holds(kept):
+        if kept["version"] == current.get("version"):
             return _moments(kept_feature_moments), "kept"
-        if kept.get("version") is not None:
-            changes = image_table_changes.since(int(kept["version"]))
+        changes = image_table_changes.since(int(kept["version"]))
     if changes is None:
         return feature_moments(_featurized(image_features), "features"), "one pass over the table"
     changes = changes.where(F.col("features").isNotNull())
@@ -282,14 +281,12 @@ def _coordinate_changes(
     """The rows whose coordinates change (path, label, features) and the paths whose
     coordinates go, since the kept coordinates were made: None when every row must be
     projected (no kept coordinates, other axes, or a feed that does not reach back)."""
-    kept = made_from(kept_pca_features) if kept_pca_features is not None else None
+    kept = (made_from(kept_pca_features) if kept_pca_features is not None else None) or {}
     current = made_from(image_features) or {}
     if (
-        not kept
-        or image_table_changes is None
+        image_table_changes is None
         or kept.get("pca_model") != pca_model.uid
-        or kept.get("table") != current.get("table")
-        or kept.get("version") is None
+        or not image_table_changes.holds(kept)
     ):
         return None
     if kept["version"] == current.get("version"):
