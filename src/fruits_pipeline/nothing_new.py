@@ -6,14 +6,16 @@ should cost a listing, not a JVM: it ends before Spark starts when
 - it is the whole default pipeline, and ``dimensionality_reduction.refit`` is not asked for;
 - the last complete default run left its stamp (``last_run``: the image table's version it
   ended at, the photo store, the weights and every parameter it ran with), and nothing has
-  written since (every run voids the stamp when it starts writing, ``void_stamp``);
+  written since (every run voids the stamp when it starts writing, ``check_nothing_new``,
+  and a complete default run writes it last, ``save_stamp``);
 - the image table is still at that version, read without a JVM by the ``deltalake`` package
   (Delta's own log and files, locally or on S3), and holds exactly the store's listing: the
   same paths, lengths and modification times, all featurized by these weights;
 - every output of the pipeline is still there.
 
 Anything else (a new, replaced or removed photo, a missing or older output, other parameters
-or weights, a run killed before its end) runs as before. No Spark, no TensorFlow here.
+or weights, a run killed before its end) runs as before, and so does a run whose check
+fails (delta-rs cannot reach the table, say). No Spark, no TensorFlow here.
 """
 
 from __future__ import annotations
