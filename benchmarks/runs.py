@@ -61,15 +61,27 @@ class MemorySampler(threading.Thread):
                 processes = [self._root, *self._root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 break
+            commands = {}
             for process in processes:
                 try:
-                    rss = process.memory_info().rss
-                    command = " ".join(process.cmdline())
+                    commands[process.pid] = " ".join(process.cmdline())
                 except psutil.Error:
+                    continue
+            for process in processes:
+                command = commands.get(process.pid)
+                try:
+                    rss = process.memory_info().rss
+                    parent = commands.get(process.ppid())
+                except psutil.Error:
+                    continue
+                if command is None:
                     continue
                 if "pyspark.daemon" in command or "pyspark/daemon" in command:
                     workers += rss
-                else:
+                # A child the JVM (or Python) spawns shares its parent's memory until it
+                # execs, with the parent's command line: counting it would count the 2.7 GB
+                # JVM twice (a 5.5 GB "peak" in one run at 35,520). It is not memory yet.
+                elif command != parent:
                     driver += rss
             self.driver_peak_mb = max(self.driver_peak_mb, driver / 2**20)
             self.worker_peak_mb = max(self.worker_peak_mb, workers / 2**20)
