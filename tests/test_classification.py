@@ -20,6 +20,7 @@ from fruits_pipeline.embedding import PhotoClassifier, classify_photos
 from fruits_pipeline.pipelines.classification.nodes import (
     EVALUATION,
     TRAINING,
+    _fit,
     plan_training,
     split_photos,
     training_settings,
@@ -36,9 +37,10 @@ PARAMETERS = {
     "min_training_photos": 5,
     "min_evaluation_photos": 1,
     "reg_param": 1e-5,
-    "max_iter": 100,
+    "max_iter": 30,
     "compare_raw_features": True,
     "refit_on_all_photos": True,
+    "refit_max_iter": 20,
     "retrain_share": 0.05,
 }
 
@@ -242,6 +244,32 @@ def test_the_app_file_gives_the_spark_models_probabilities(spark, classified_run
     probabilities, _ = classifier(images)
     expected = np.stack([scored[f"file:{photo.resolve()}"] for photo in photos])
     assert np.abs(probabilities - expected).max() <= 1e-4
+
+
+def test_the_refit_starts_from_the_evaluated_models_coefficients(spark, classified_run):
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    classes = _info(classified_run)["classes"]
+    rows = (
+        table_coordinates(spark, classified_run)
+        .where(F.col("label").isin(classes))
+        .withColumn("pca_features", array_to_vector("pca_features"))
+        .persist()
+    )
+
+    def losses(model) -> list[float]:
+        return model.stages[-1].summary.objectiveHistory
+
+    evaluated, _ = _fit(rows, "pca_features", PARAMETERS)
+    settings = {**PARAMETERS, "max_iter": 2, "refit_max_iter": 2}
+    warm, _ = _fit(rows, "pca_features", settings, starting_from=evaluated)
+    cold, _ = _fit(rows, "pca_features", settings)
+    rows.unpersist()
+    # On the same rows the refit's first loss is where the evaluated fit ended, far below
+    # the loss a fit from zero starts at.
+    assert losses(warm)[0] == pytest.approx(losses(evaluated)[-1], rel=1e-6)
+    assert losses(warm)[-1] < losses(cold)[-1] / 2
 
 
 def test_classify_answers_which_fruit_and_which_photos_look_alike(

@@ -48,6 +48,7 @@ _TRAINING_SETTINGS = (
     "reg_param",
     "max_iter",
     "refit_on_all_photos",
+    "refit_max_iter",
 )
 # Hash buckets of the deterministic split (xxhash64 of the path below the store's root).
 _BUCKETS = 10_000
@@ -209,25 +210,40 @@ def plan_training(
     return {**plan, "action": "train", "reason": reason}
 
 
-def _fit(rows: DataFrame, features: str, classification: dict[str, Any]):
+def _fit(
+    rows: DataFrame,
+    features: str,
+    classification: dict[str, Any],
+    *,
+    starting_from: PipelineModel | None = None,
+):
     """An indexer of the rows' classes (alphabetical order: the model's output order) and
     MLlib's multinomial logistic regression on ``features``, fitted on ``rows`` (of the
-    classifier's classes alone); and its seconds."""
+    classifier's classes alone); and its seconds. ``starting_from``, a classifier of the same
+    classes and features, makes the regression start from its coefficients for
+    ``refit_max_iter`` iterations rather than from zero for ``max_iter``."""
     started = time.perf_counter()
+    regression = LogisticRegression(
+        featuresCol=features,
+        labelCol=LABEL_INDEX,
+        family="multinomial",
+        # The coordinates are already standardized features projected: MLlib's own
+        # standardization (its default) scored lower on Fruits-360 (98.71 % top-1
+        # against 99.05 %; docs/classification.md).
+        standardization=False,
+        regParam=classification["reg_param"],
+        maxIter=classification["max_iter"],
+    )
+    if starting_from is not None:
+        regression.setMaxIter(classification["refit_max_iter"])
+        # MLlib's own warm start (what its RDD-based API uses for initial weights): PySpark
+        # does not expose it, the JVM object takes it. Spark ignores it, with a warning, only
+        # for another number of classes or features, which the same classes cannot give.
+        regression._java_obj.setInitialModel(starting_from.stages[-1]._java_obj)
     model = Pipeline(
         stages=[
             StringIndexer(inputCol="label", outputCol=LABEL_INDEX, stringOrderType="alphabetAsc"),
-            LogisticRegression(
-                featuresCol=features,
-                labelCol=LABEL_INDEX,
-                family="multinomial",
-                # The coordinates are already standardized features projected: MLlib's own
-                # standardization (its default) scored lower on Fruits-360 (98.71 % top-1
-                # against 99.05 %; docs/classification.md).
-                standardization=False,
-                regParam=classification["reg_param"],
-                maxIter=classification["max_iter"],
-            ),
+            regression,
         ]
     ).fit(rows)
     return model, time.perf_counter() - started
@@ -375,7 +391,11 @@ def train_classifier(
             scored["training_seconds"],
         )
         if classification["refit_on_all_photos"]:
-            classifier, refit_seconds = _fit(rows, PCA_FEATURES, classification)
+            # From the evaluated model's coefficients: on unseen photos as accurate as a refit
+            # from zero for 100 iterations, in a fifth of the time (docs/classification.md).
+            classifier, refit_seconds = _fit(
+                rows, PCA_FEATURES, classification, starting_from=evaluated
+            )
             info["refit_seconds"] = round(refit_seconds, 3)
         else:
             classifier = evaluated
