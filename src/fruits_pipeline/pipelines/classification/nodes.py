@@ -392,7 +392,7 @@ def train_classifier(
         )
         if classification["refit_on_all_photos"]:
             # From the evaluated model's coefficients: on unseen photos as accurate as a refit
-            # from zero for 100 iterations, in a fifth of the time (docs/classification.md).
+            # from zero for 100 iterations, in a quarter of the time (docs/classification.md).
             classifier, refit_seconds = _fit(
                 rows, PCA_FEATURES, classification, starting_from=evaluated
             )
