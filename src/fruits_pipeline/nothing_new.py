@@ -32,7 +32,7 @@ import pyarrow as pa
 from kedro.io import CatalogProtocol, MemoryDataset
 from kedro.pipeline import Pipeline
 
-from fruits_pipeline.datasets import DeltaChangeFeedDataset, DeltaHistoryDataset, DeltaMergeDataset
+from fruits_pipeline.datasets.delta_merge_dataset import DeltaTableAt
 from fruits_pipeline.made_from import made_from
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def _outputs_missing(pipeline: Pipeline, catalog: CatalogProtocol) -> list[str]:
         dataset = catalog.get(name)
         if dataset is None or isinstance(dataset, MemoryDataset):  # handed to the next node
             continue
-        if isinstance(dataset, (DeltaMergeDataset, DeltaHistoryDataset, DeltaChangeFeedDataset)):
+        if isinstance(dataset, DeltaTableAt):
             there = delta_table(dataset.filepath) is not None
         else:
             there = catalog.exists(name)

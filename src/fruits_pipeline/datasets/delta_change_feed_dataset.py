@@ -11,7 +11,6 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame
 
 from fruits_pipeline.datasets.delta_history_dataset import _DeltaPastDataset
-from fruits_pipeline.datasets.delta_merge_dataset import is_delta_table
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,9 @@ class DeltaChangeFeedDataset(_DeltaPastDataset):
     ``DeltaMergeDataset(change_data_feed=True)``), as a ``ChangeFeed`` at its latest version."""
 
     def load(self) -> ChangeFeed | None:
-        if not is_delta_table(self._filepath):
+        history = self._history()
+        if history is None:
             return None
-        history = get_spark().sql(f"DESCRIBE HISTORY {self._table_name}")
         commits = {
             int(row["version"]): row["timestamp"].isoformat()
             for row in history.select("version", "timestamp").collect()

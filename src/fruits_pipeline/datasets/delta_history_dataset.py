@@ -27,6 +27,12 @@ class _DeltaPastDataset(DeltaTableAt, AbstractDataset[None, Any]):
     def save(self, data: None) -> None:
         raise DatasetError(f"{self._filepath}'s past is written by Delta, not saved.")
 
+    def _history(self) -> DataFrame | None:
+        """``DESCRIBE HISTORY`` of the table, or None where there is no table."""
+        if not is_delta_table(self._filepath):
+            return None
+        return get_spark().sql(f"DESCRIBE HISTORY {self._table_name}")
+
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath}
 
@@ -36,6 +42,4 @@ class DeltaHistoryDataset(_DeltaPastDataset):
     ``operation``, ``operationMetrics`` (rows inserted, updated, deleted...)."""
 
     def load(self) -> DataFrame | None:
-        if not is_delta_table(self._filepath):
-            return None
-        return get_spark().sql(f"DESCRIBE HISTORY {self._table_name}")
+        return self._history()
