@@ -69,12 +69,12 @@ class MemorySampler(threading.Thread):
                     continue
             for process in processes:
                 command = commands.get(process.pid)
+                if command is None:  # gone before its command line was read
+                    continue
                 try:
                     rss = process.memory_info().rss
                     parent = commands.get(process.ppid())
                 except psutil.Error:
-                    continue
-                if command is None:
                     continue
                 if "pyspark.daemon" in command or "pyspark/daemon" in command:
                     workers += rss
